@@ -1,0 +1,106 @@
+"""Launcher: take the service's identity and capability sets, then exec the tracer.
+
+Run as ``python3 -m capprobe.launch SPEC_JSON -- strace ...``. It runs before
+strace (not inside the trace), so the target starts the way the unit will start
+it: as the service user, with the capabilities in its ambient set.
+
+SPEC_JSON: {"uid": int|null, "gid": int|null, "groups": [int], "caps": "all"|"none"}
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import sys
+
+PR_SET_KEEPCAPS = 8
+PR_CAPBSET_DROP = 24
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+SYS_capset = 126  # x86_64
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def last_cap() -> int:
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        return int(f.read())
+
+
+def permitted_mask() -> int:
+    """This process's permitted capability set as a bit mask."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapPrm:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def _capset(mask: int, inheritable: int) -> None:
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in range(2):
+        data[i].effective = data[i].permitted = (mask >> (32 * i)) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> (32 * i)) & 0xFFFFFFFF
+    _check(_libc.syscall(SYS_capset, ctypes.byref(header), data), "capset")
+
+
+def apply_spec(spec: dict) -> None:
+    """Change identity and capability sets of this process as SPEC says."""
+    caps = spec.get("caps", "all")
+    top = last_cap()
+    if caps == "none":
+        for cap in range(top + 1):
+            _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "drop bounding set")
+    if spec.get("uid") is not None:
+        _check(_libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "keep capabilities")
+        os.setgroups(spec.get("groups", []))
+        os.setresgid(spec["gid"], spec["gid"], spec["gid"])
+        os.setresuid(spec["uid"], spec["uid"], spec["uid"])
+    if caps == "none":
+        _capset(0, 0)
+        _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient")
+    elif spec.get("uid") is not None:
+        full = permitted_mask()  # the bounding set may lack some (containers do)
+        # setuid() cleared the effective set; raising inheritable needs
+        # CAP_SETPCAP effective, so restore effective first.
+        _capset(full, 0)
+        _capset(full, full)
+        for cap in (c for c in range(top + 1) if full >> c & 1):
+            _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0), "raise ambient")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 3 or argv[1] != "--":
+        print("usage: python3 -m capprobe.launch SPEC_JSON -- CMD...", file=sys.stderr)
+        return 2
+    try:
+        apply_spec(json.loads(argv[0]))
+        os.execvp(argv[2], argv[2:])
+    except OSError as e:
+        print(f"capprobe: cannot start the target as asked: {e}", file=sys.stderr)
+        return 126
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

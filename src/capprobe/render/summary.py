@@ -1,0 +1,120 @@
+"""Human summaries of a profile (pure: profile dict in, text out)."""
+
+from __future__ import annotations
+
+from ..facts.collector import WRITE_OPS
+from ..paths import display_path
+
+MAX_ROWS = 40
+
+
+def _by(entry: dict) -> str:
+    names = [b.rsplit("/", 1)[-1] for b in entry.get("by", [])]
+    return ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
+
+
+def one_paragraph(profile: dict, where: str) -> str:
+    """A few lines for stderr at the end of a run."""
+    run = profile["run"]
+    files = profile["files"]
+    written = sum(1 for f in files if set(f["ops"]) & WRITE_OPS)
+    net = profile["network"]
+    families = sorted({s["family"] for s in net["sockets"]})
+    lines = [
+        f"capprobe: profile written to {where}",
+        f"  {len(profile['processes'])} processes, {len(profile['syscalls'])} distinct syscalls, "
+        f"{len(files)} paths ({written} written), socket families: {' '.join(families) or 'none'}",
+    ]
+    caps = profile.get("capabilities")
+    if caps is not None:
+        req = caps.get("required", [])
+        lines.append(f"  capabilities required: {' '.join(req) if req else 'none'}")
+    parser = profile["parser"]
+    if parser["unparsed"]:
+        lines.append(f"  {parser['unparsed']} trace lines not understood (examples in the profile)")
+    lines.append(f"  target exit status {run['exit_status']} (ended by {run['ended_by']}), "
+                 f"{run['duration']:.1f} s")
+    return "\n".join(lines)
+
+
+def render_summary(profile: dict) -> str:
+    """The whole profile, grouped and sorted, counts included."""
+    out: list[str] = []
+    host, run = profile["host"], profile["run"]
+    out.append(f"Profile of: {' '.join(run['command'])}")
+    out.append(f"  host {host.get('hostname')} · {host.get('distribution')} · kernel {host.get('kernel')} "
+               f"· {host.get('strace')} · capprobe {host.get('capprobe')}")
+    user = run.get("user", {})
+    out.append(f"  as {user.get('name') or user.get('uid')} · {run['duration']:.1f} s · "
+               f"exit {run['exit_status']} · ended by {run['ended_by']}")
+
+    caps = profile.get("capabilities")
+    if caps is not None:
+        out.append("")
+        out.append(f"Capabilities (method: {caps.get('method')})")
+        out.append(f"  required: {' '.join(caps.get('required', [])) or 'none'}")
+        for rec in caps.get("uses", [])[:MAX_ROWS]:
+            out.append(f"  {rec['capability']:<22} {rec['status']:<12} x{rec['count']:<5} "
+                       f"{rec.get('reason', '')} [{rec.get('exe', '?').rsplit('/', 1)[-1]}]")
+
+    out.append("")
+    out.append(f"Processes ({len(profile['processes'])})")
+    for p in profile["processes"][:MAX_ROWS]:
+        exe = display_path(p["exe"]) if p.get("exe") else "?"
+        ids = f" identity changes: {len(p['identity_changes'])}" if p["identity_changes"] else ""
+        out.append(f"  {p['pid']:>7} parent {p['ppid'] or '-':>7}  {exe}{ids}")
+    for exe, n in profile.get("processes_not_listed", {}).items():
+        out.append(f"  ... and {n} more running {display_path(exe)}")
+
+    files = profile["files"]
+    written = [f for f in files if set(f["ops"]) & WRITE_OPS]
+    out.append("")
+    out.append(f"Files written or changed ({len(written)} of {len(files)} paths seen)")
+    for f in written[:MAX_ROWS]:
+        ops = ",".join(op for op in f["ops"] if op in WRITE_OPS)
+        out.append(f"  {display_path(f['path'])}  [{ops}]  by {_by(next(iter(f['ops'].values())))}")
+    failed = [(f, x) for f in files for x in f.get("failed", [])]
+    if failed:
+        out.append("")
+        out.append(f"Failed accesses ({len(failed)})")
+        for f, x in failed[:MAX_ROWS]:
+            out.append(f"  {display_path(f['path'])}  {x['op']} {x['errno']} x{x['count']}  by {_by(x)}")
+
+    if profile.get("devices"):
+        out.append("")
+        out.append("Devices")
+        for d in profile["devices"]:
+            out.append(f"  {display_path(d['path'])} ({d['kind']} {d['major']}:{d['minor']}) {d['access']}")
+
+    net = profile["network"]
+    out.append("")
+    out.append("Network")
+    for s in net["sockets"]:
+        out.append(f"  socket {s['family']} {s['type']} {s.get('protocol') or ''} x{s['count']}  by {_by(s)}")
+    for b in net["binds"]:
+        port = f":{b['port']}" if b.get("port") is not None else ""
+        out.append(f"  bind {b['family']} {b.get('type') or ''} {b.get('address') or ''}{port}"
+                   f"{' ' + b['errno'] if b.get('errno') else ''}  by {_by(b)}")
+    for c in net["connects"]:
+        port = f":{c['port']}" if c.get("port") is not None else ""
+        out.append(f"  connect {c['family']} {c.get('address') or ''}{port}"
+                   f"{' ' + c['errno'] if c.get('errno') else ''}  by {_by(c)}")
+    for o in net["setsockopts"]:
+        out.append(f"  setsockopt {o['level']} {o['option']} x{o['count']}")
+    for n in net.get("netlink", []):
+        out.append(f"  netlink {n['protocol']} {n['op']} {n.get('detail') or ''} x{n['count']}")
+
+    if profile.get("behaviour"):
+        out.append("")
+        out.append("Behaviour that decides hardening")
+        for b in profile["behaviour"]:
+            out.append(f"  {b['kind']:<22} {b['detail']}  x{b['count']}  by {_by(b)}")
+
+    out.append("")
+    sc = profile["syscalls"]
+    out.append(f"Syscalls ({len(sc)} distinct, {sum(v['count'] for v in sc.values())} calls)")
+    top = sorted(sc.items(), key=lambda kv: -kv[1]["count"])
+    out.append("  " + ", ".join(f"{name} {v['count']}" for name, v in top[:MAX_ROWS]))
+    parser = profile["parser"]
+    out.append(f"Trace lines: {parser['lines']}, not understood: {parser['unparsed']}")
+    return "\n".join(out)

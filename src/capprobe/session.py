@@ -1,0 +1,319 @@
+"""Start the target under the tracers, stream their output into facts, stop cleanly.
+
+This is the edge where processes, FIFOs and signals live; everything it reads
+goes through pure parsers into the FactCollector.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import pwd
+import grp
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+
+from . import __version__
+from .facts.collector import FactCollector
+from .hoststamp import host_stamp
+from .profile import SCHEMA
+
+STRACE_FLAGS = ["-f", "-q", "-ttt", "-n", "-yy", "-X", "verbose", "-s", "4096",
+                "-e", "signal=none"]
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+
+class SessionError(Exception):
+    """A run cannot start; the message is one line, exit_code what capprobe exits with."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class RunOptions:
+    command: list[str]
+    duration: float | None = None
+    grace: float = 5.0
+    user: str | None = None
+    group: str | None = None
+    caps: str = "all"  # "all": keep every capability (ambient for --user); "none": drop all
+    cap_probe: str = "auto"  # "auto" | "off"
+    cwd: str | None = None
+
+
+@dataclass
+class RunResult:
+    profile: dict
+    exit_code: int
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_command(argv0: str) -> str:
+    """The executable strace will run, or a SessionError (127 missing, 126 not executable)."""
+    if "/" in argv0:
+        if not os.path.exists(argv0):
+            raise SessionError(f"capprobe: {argv0}: no such file", 127)
+        if os.path.isdir(argv0) or not os.access(argv0, os.X_OK):
+            raise SessionError(f"capprobe: {argv0}: not executable", 126)
+        return os.path.abspath(argv0)
+    found = shutil.which(argv0)
+    if found is None:
+        raise SessionError(f"capprobe: {argv0}: command not found", 127)
+    return found
+
+
+def identity_spec(opts: RunOptions) -> dict | None:
+    """What the launcher must change before strace runs, or None to start as we are."""
+    if opts.user is None and opts.caps == "all":
+        return None
+    spec: dict = {"caps": opts.caps, "uid": None, "gid": None, "groups": []}
+    if opts.user is not None:
+        try:
+            pw = pwd.getpwnam(opts.user) if not opts.user.isdigit() else pwd.getpwuid(int(opts.user))
+        except KeyError:
+            raise SessionError(f"capprobe: no such user: {opts.user}") from None
+        gid = pw.pw_gid
+        if opts.group is not None:
+            try:
+                gid = (grp.getgrnam(opts.group) if not opts.group.isdigit()
+                       else grp.getgrgid(int(opts.group))).gr_gid
+            except KeyError:
+                raise SessionError(f"capprobe: no such group: {opts.group}") from None
+        spec.update(uid=pw.pw_uid, gid=gid,
+                    groups=sorted({gid, *os.getgrouplist(pw.pw_name, gid)}))
+    if os.geteuid() != 0:
+        raise SessionError("capprobe: --user and --caps need root")
+    return spec
+
+
+def _set_pdeathsig() -> None:
+    # If capprobe dies, strace dies with it; the kernel then detaches the
+    # target, which goes on running instead of staying stopped under ptrace.
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class _Target:
+    """Signals for the traced program: forwarded, or sent when --duration ends."""
+
+    def __init__(self, strace: subprocess.Popen, collector: FactCollector) -> None:
+        self.strace = strace
+        self.collector = collector
+        self.ended_by: str | None = None
+        self._lock = threading.Lock()
+
+    def root_pid(self) -> int | None:
+        if self.collector.root_pid is not None:
+            return self.collector.root_pid
+        try:
+            import psutil
+            children = psutil.Process(self.strace.pid).children()
+            return children[0].pid if children else None
+        except Exception:  # noqa: BLE001 - psutil may race with exit; nothing to signal then
+            return None
+
+    def signal(self, signum: int) -> None:
+        pid = self.root_pid()
+        if pid is not None:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def kill_all(self) -> None:
+        """SIGKILL every traced process still alive (after the grace period)."""
+        import psutil
+        try:
+            descendants = psutil.Process(self.strace.pid).children(recursive=True)
+        except psutil.Error:
+            descendants = []
+        for p in descendants:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+
+
+def run_session(opts: RunOptions, status=lambda msg: None) -> RunResult:
+    """Trace OPTS.command to its end and return the profile and the exit code."""
+    if not opts.command:
+        raise SessionError("capprobe: no command given (usage: capprobe run [OPTIONS] -- CMD [ARGS...])")
+    exe = resolve_command(opts.command[0])
+    strace = shutil.which("strace")
+    if strace is None:
+        raise SessionError("capprobe: strace is not installed (apt-get install strace)")
+    spec = identity_spec(opts)
+    notes: list[str] = []
+    start_cwd = os.path.abspath(opts.cwd or os.getcwd())
+    notify = os.environ.get("NOTIFY_SOCKET")
+    collector = FactCollector(os.fsencode(start_cwd), os.fsencode(notify) if notify else None)
+
+    workdir = tempfile.mkdtemp(prefix="capprobe-run-")
+    fifo = os.path.join(workdir, "strace.fifo")
+    os.mkfifo(fifo, 0o600)
+    # Open our end first (non-blocking) so strace's open for writing does not block.
+    read_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    os.set_blocking(read_fd, True)
+    # A FIFO reads as EOF while no writer has it open: hold a writer ourselves
+    # until strace has opened its end (see _wait_for_writer).
+    fifo_keepalive = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+
+    # strace finds the command on $PATH itself, so the target's argv[0] stays as typed.
+    argv = [strace, *STRACE_FLAGS, "-o", fifo, "--", *opts.command]
+    if spec is not None:
+        argv = [sys.executable, "-m", "capprobe.launch", json.dumps(spec), "--", *argv]
+
+    probe = None
+    started = time.time()
+    mono_offset = started - time.monotonic()
+    previous_handlers = {}
+    timers: list[threading.Timer] = []
+    try:
+        proc = subprocess.Popen(argv, cwd=start_cwd, preexec_fn=_set_pdeathsig,
+                                executable=argv[0])
+        target = _Target(proc, collector)
+        probe = _start_capability_probe(opts, proc.pid, notes, status)
+
+        def forward(signum, _frame):
+            if target.ended_by is None:
+                target.ended_by = signal.Signals(signum).name
+            if signum == signal.SIGINT and _terminal_sent_to_group():
+                return  # Ctrl-C reached the target directly; a second SIGINT could abort its cleanup
+            target.signal(signum)
+
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            previous_handlers[sig] = signal.signal(sig, forward)
+
+        if opts.duration is not None:
+            def end_duration():
+                target.ended_by = target.ended_by or "duration"
+                target.signal(signal.SIGTERM)
+                t = threading.Timer(opts.grace, target.kill_all)
+                t.daemon = True
+                timers.append(t)
+                t.start()
+            t = threading.Timer(opts.duration, end_duration)
+            t.daemon = True
+            timers.append(t)
+            t.start()
+
+        _wait_for_writer(read_fd, fifo_keepalive, proc)
+        fifo_keepalive = -1
+        with os.fdopen(read_fd, "rb", buffering=1 << 16) as stream:
+            read_fd = -1
+            for raw in stream:
+                collector.feed_line(raw.decode("latin-1"))
+        rc = proc.wait()
+    finally:
+        for t in timers:
+            t.cancel()
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
+        for fd in (read_fd, fifo_keepalive):
+            if fd >= 0:
+                os.close(fd)
+        if probe is not None:
+            probe.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    ended = time.time()
+
+    exit_code, exit_signal = _target_exit(collector, rc)
+    profile = {
+        "schema": SCHEMA,
+        "host": host_stamp(),
+        "run": {
+            "command": opts.command,
+            "executable": exe,
+            "cwd": start_cwd,
+            "user": _user_label(spec),
+            "caps_at_start": _caps_label(spec),
+            "started": round(started, 6),
+            "ended": round(ended, 6),
+            "duration": round(ended - started, 3),
+            "exit_status": exit_code,
+            "exit_signal": exit_signal,
+            "ended_by": target.ended_by or "exit",
+            "tracer": {"backend": "strace", "flags": STRACE_FLAGS},
+            "capprobe": __version__,
+        },
+        **collector.sections(),
+    }
+    if probe is not None:
+        profile["capability_checks"] = probe.section(collector, mono_offset)
+    return RunResult(profile, exit_code, notes)
+
+
+def _wait_for_writer(read_fd: int, keepalive: int, proc: subprocess.Popen) -> None:
+    """Drop our own writer once strace writes (so it holds the FIFO) or has exited."""
+    import select
+    try:
+        while proc.poll() is None:
+            readable, _, _ = select.select([read_fd], [], [], 0.2)
+            if readable:
+                break
+    finally:
+        os.close(keepalive)
+
+
+def _start_capability_probe(opts: RunOptions, pid: int, notes: list[str], status):
+    """Arm the kernel capability probe on strace's pid (children follow); None if off."""
+    if opts.cap_probe == "off":
+        return None
+    try:
+        from .capprobe_kernel import KernelCapabilityRecorder
+    except ImportError:
+        return None
+    return KernelCapabilityRecorder.start(pid, notes, status)
+
+
+def _terminal_sent_to_group() -> bool:
+    """True when we are the terminal's foreground group (so Ctrl-C hit the target too)."""
+    try:
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _target_exit(collector: FactCollector, rc: int) -> tuple[int, str | None]:
+    """Exit code the shell would see for the target: N, or 128+N for signal N."""
+    root = collector.procs.get(collector.root_pid) if collector.root_pid else None
+    if root is not None and root.exit_signal:
+        num = signal.Signals[root.exit_signal].value if root.exit_signal in signal.Signals.__members__ else 0
+        return 128 + num, root.exit_signal
+    if root is not None and root.exit_status is not None:
+        return root.exit_status, None
+    if rc < 0:
+        return 128 - rc, signal.Signals(-rc).name
+    return rc, None
+
+
+def _user_label(spec: dict | None) -> dict:
+    if spec is None or spec.get("uid") is None:
+        uid = os.geteuid()
+        return {"uid": uid, "name": _name(uid), "gid": os.getegid(), "as_invoked": True}
+    return {"uid": spec["uid"], "name": _name(spec["uid"]), "gid": spec["gid"],
+            "groups": spec["groups"], "as_invoked": False}
+
+
+def _name(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def _caps_label(spec: dict | None) -> dict:
+    if spec is None:
+        return {"set": "inherited from capprobe (all, if run as root)"}
+    if spec["caps"] == "none":
+        return {"set": "none", "bounding": [], "ambient": []}
+    return {"set": "all", "ambient": "all in the bounding set" if spec.get("uid") is not None else []}
