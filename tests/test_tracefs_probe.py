@@ -157,7 +157,7 @@ def test_chown_needs_cap_chown_and_children_are_followed(tmp_path):
     assert chown.call_site == "setattr_prepare" and "chown_common" in chown.check.stack
     assert chown.syscall == "fchownat"
     assert chown.check.pid != child.pid  # seen through event-fork
-    assert chown.check.comm == "chown"
+    # No assertion on comm: tracefs prints the cached name from fork time ("sh"), as measured.
 
 
 @needs_probe

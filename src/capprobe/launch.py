@@ -5,6 +5,9 @@ strace (not inside the trace), so the target starts the way the unit will start
 it: as the service user, with the capabilities in its ambient set.
 
 SPEC_JSON: {"uid": int|null, "gid": int|null, "groups": [int], "caps": "all"|"none"}
+(an empty object changes nothing). With ``--gate FD`` it first waits until FD
+reaches EOF: capprobe arms the kernel capability probe on this pid meanwhile,
+so the first check of the target is already seen.
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ def _capset(mask: int, inheritable: int) -> None:
 def apply_spec(spec: dict) -> None:
     """Change identity and capability sets of this process as SPEC says."""
     caps = spec.get("caps", "all")
+    if caps == "all" and spec.get("uid") is None:
+        return
     top = last_cap()
     if caps == "none":
         for cap in range(top + 1):
@@ -89,12 +94,24 @@ def apply_spec(spec: dict) -> None:
             _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0), "raise ambient")
 
 
+def wait_for_gate(fd: int) -> None:
+    """Block until capprobe closes the other end: its probes are armed on our pid."""
+    while os.read(fd, 64):
+        pass
+    os.close(fd)
+
+
 def main(argv: list[str]) -> int:
+    gate = None
+    if len(argv) >= 2 and argv[0] == "--gate":
+        gate, argv = int(argv[1]), argv[2:]
     if len(argv) < 3 or argv[1] != "--":
-        print("usage: python3 -m capprobe.launch SPEC_JSON -- CMD...", file=sys.stderr)
+        print("usage: python3 -m capprobe.launch [--gate FD] SPEC_JSON -- CMD...", file=sys.stderr)
         return 2
     try:
         apply_spec(json.loads(argv[0]))
+        if gate is not None:
+            wait_for_gate(gate)
         os.execvp(argv[2], argv[2:])
     except OSError as e:
         print(f"capprobe: cannot start the target as asked: {e}", file=sys.stderr)

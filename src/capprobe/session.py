@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import __version__
+from .capability_recorder import CapabilityRecorder
 from .facts.collector import FactCollector
 from .hoststamp import host_stamp
 from .profile import SCHEMA
@@ -169,19 +170,27 @@ def run_session(opts: RunOptions, status=lambda msg: None) -> RunResult:
 
     # strace finds the command on $PATH itself, so the target's argv[0] stays as typed.
     argv = [strace, *STRACE_FLAGS, "-o", fifo, "--", *opts.command]
-    if spec is not None:
-        argv = [sys.executable, "-m", "capprobe.launch", json.dumps(spec), "--", *argv]
+    # The launcher takes the service's identity, then waits at a gate until the
+    # capability probe is armed on its pid, then becomes strace.
+    gate_r, gate_w = os.pipe()
+    argv = [sys.executable, "-m", "capprobe.launch", "--gate", str(gate_r),
+            json.dumps(spec or {}), "--", *argv]
 
-    probe = None
+    recorder = None
     started = time.time()
-    mono_offset = started - time.monotonic()
     previous_handlers = {}
     timers: list[threading.Timer] = []
     try:
-        proc = subprocess.Popen(argv, cwd=start_cwd, preexec_fn=_set_pdeathsig,
-                                executable=argv[0])
+        try:
+            proc = subprocess.Popen(argv, cwd=start_cwd, preexec_fn=_set_pdeathsig,
+                                    pass_fds=(gate_r,))
+        finally:
+            os.close(gate_r)
         target = _Target(proc, collector)
-        probe = _start_capability_probe(opts, proc.pid, notes, status)
+        try:
+            recorder = CapabilityRecorder.start(opts.cap_probe, proc.pid, collector, notes)
+        finally:
+            os.close(gate_w)  # open the gate: strace and the target start now
 
         def forward(signum, _frame):
             if target.ended_by is None:
@@ -210,8 +219,12 @@ def run_session(opts: RunOptions, status=lambda msg: None) -> RunResult:
         fifo_keepalive = -1
         with os.fdopen(read_fd, "rb", buffering=1 << 16) as stream:
             read_fd = -1
+            lines = 0
             for raw in stream:
                 collector.feed_line(raw.decode("latin-1"))
+                lines += 1
+                if not lines & 0xFF:
+                    recorder.drain()
         rc = proc.wait()
     finally:
         for t in timers:
@@ -221,8 +234,8 @@ def run_session(opts: RunOptions, status=lambda msg: None) -> RunResult:
         for fd in (read_fd, fifo_keepalive):
             if fd >= 0:
                 os.close(fd)
-        if probe is not None:
-            probe.stop()
+        if recorder is not None:
+            recorder.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     ended = time.time()
 
@@ -247,8 +260,7 @@ def run_session(opts: RunOptions, status=lambda msg: None) -> RunResult:
         },
         **collector.sections(),
     }
-    if probe is not None:
-        profile["capability_checks"] = probe.section(collector, mono_offset)
+    profile["capabilities"] = recorder.section(profile)
     return RunResult(profile, exit_code, notes)
 
 
@@ -262,17 +274,6 @@ def _wait_for_writer(read_fd: int, keepalive: int, proc: subprocess.Popen) -> No
                 break
     finally:
         os.close(keepalive)
-
-
-def _start_capability_probe(opts: RunOptions, pid: int, notes: list[str], status):
-    """Arm the kernel capability probe on strace's pid (children follow); None if off."""
-    if opts.cap_probe == "off":
-        return None
-    try:
-        from .capprobe_kernel import KernelCapabilityRecorder
-    except ImportError:
-        return None
-    return KernelCapabilityRecorder.start(pid, notes, status)
 
 
 def _terminal_sent_to_group() -> bool:

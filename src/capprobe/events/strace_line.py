@@ -26,11 +26,11 @@ _RESUMED = re.compile(r"<\.\.\. ([a-z_0-9]+) resumed>")
 # An annotation follows a number (fd) or a comment ("AT_FDCWD */</cwd>") and may
 # nest one level ("</dev/net/tun<char 10:200>>").
 _ARG_TOKEN = re.compile(
-    r'"(?:[^"\\]|\\.)*"|(?<=[\d/])<(?:[^<>\\]|\\.|<[^<>]*>)*>|[()]'
+    r'"(?:[^"\\]|\\.)*"|(?<=[\d/])<(?:->|[^<>\\]|\\.|<[^<>]*>)*>|[()]'
 )
 _RESULT = re.compile(
     r" = (?P<ret>-?\d+|0x[0-9a-fA-F]+|\?)"
-    r"(?P<annot><(?:[^<>\\]|\\.|<[^<>]*>)*>)?"
+    r"(?P<annot><(?:->|[^<>\\]|\\.|<[^<>]*>)*>)?"
     r"(?: (?P<errno>E[A-Z0-9]+) \()?"
 )
 _EXITED = re.compile(r"\+\+\+ exited with (\d+) \+\+\+")
@@ -180,7 +180,7 @@ def _complete(pid: int, ts: float, name: str, args: str, tail: str, line: str) -
 # Argument helpers: used by the fact handlers, only on syscalls they care about.
 
 _SPLIT_TOKEN = re.compile(
-    r'"(?:[^"\\]|\\.)*"(?:\.\.\.)?|(?<=[\d/])<(?:[^<>\\]|\\.|<[^<>]*>)*>|/\*.*?\*/|[(){}\[\],]'
+    r'"(?:[^"\\]|\\.)*"(?:\.\.\.)?|(?<=[\d/])<(?:->|[^<>\\]|\\.|<[^<>]*>)*>|/\*.*?\*/|[(){}\[\],]'
 )
 
 

@@ -10,8 +10,8 @@ handler is only counted.
 
 from __future__ import annotations
 
-import os
 import re
+from collections import deque
 from dataclasses import dataclass, field
 
 from ..events.strace_line import (
@@ -63,8 +63,13 @@ class Proc:
     identity: list = field(default_factory=list)
     exit_status: int | None = None
     exit_signal: str | None = None
+    last_ts: float = 0.0
     threads: int = 0
     recorded: bool = True
+    initial_exe: bytes | None = None  # inherited at fork, before any execve
+    # (entry time, syscall, operand) of recent path/address syscalls: lets a kernel
+    # capability check find the file or port it was about.
+    recent: deque = field(default_factory=lambda: deque(maxlen=32))
 
 
 class FactCollector:
@@ -103,6 +108,7 @@ class FactCollector:
         self.first_ts: float | None = None
         self._handlers = {name: getattr(self, meth) for name, meth in _HANDLERS.items()}
         self._in_flight_forks: list[int] = []
+        self._current: Syscall | None = None
         self._parser = StraceLineParser()
 
     # -- entry points ---------------------------------------------------------
@@ -124,9 +130,39 @@ class FactCollector:
     def traced_pids(self) -> set[int]:
         return set(self.procs)
 
-    def exe_at(self, pid: int) -> bytes | None:
+    def exe_at_time(self, pid: int, ts: float) -> str:
+        """The executable PID was running at time TS (by its execve events), encoded."""
         proc = self.procs.get(pid)
-        return proc.exe if proc else None
+        if proc is None:
+            return "?"
+        if proc.tgid != pid and proc.tgid in self.procs and not proc.execs:
+            proc = self.procs[proc.tgid]
+        for ex in reversed(proc.execs):
+            if ex["time"] <= ts:
+                return ex["path"]
+        if proc.initial_exe is not None:
+            return encode_path(proc.initial_exe)
+        return encode_path(proc.exe) if proc.exe and not proc.execs else "?"
+
+    def operand_at(self, pid: int, ts: float, syscall: str | None) -> str | None:
+        """Path or address of PID's latest syscall named SYSCALL entered before TS."""
+        proc = self.procs.get(pid)
+        if proc is None or syscall is None:
+            return None
+        for entry_ts, name, operand in reversed(proc.recent):
+            if entry_ts <= ts and _same_syscall(name, syscall):
+                return operand
+        return None
+
+    def first_exec_time(self, pid: int) -> float:
+        """Entry time of PID's first successful execve (0 when it never exec'd)."""
+        proc = self.procs.get(pid)
+        return proc.execs[0]["time"] if proc is not None and proc.execs else 0.0
+
+    def last_seen(self, pid: int) -> float:
+        """Entry time of the latest syscall of PID that the stream has delivered."""
+        proc = self.procs.get(pid)
+        return proc.last_ts if proc is not None else 0.0
 
     # -- process bookkeeping -------------------------------------------------
 
@@ -142,7 +178,8 @@ class FactCollector:
             # returns; the parent is then the one pid with a fork in flight.
             parent = self._forking_parent()
             if parent is not None:
-                proc = Proc(pid, parent.pid, parent.exe, [parent.cwd[0]], ts, tgid=pid)
+                proc = Proc(pid, parent.pid, parent.exe, [parent.cwd[0]], ts, tgid=pid,
+                            initial_exe=parent.exe)
             else:
                 proc = Proc(pid, None, None, [self.start_cwd], ts, tgid=pid)
         if len(self.procs) >= MAX_PROCESSES:
@@ -177,6 +214,8 @@ class FactCollector:
             self.first_ts = ev.ts
         self.last_ts = ev.ts
         proc = self._proc(pid, ev.ts)
+        proc.last_ts = ev.ts
+        self._current = ev
         if self._skip_execs and pid == self.root_pid:
             if ev.name in ("execve", "execveat") and ev.ret == 0:
                 self._root_execs += 1
@@ -216,6 +255,9 @@ class FactCollector:
         if errno is not None:
             if errno not in PRIVILEGE_ERRNOS and not (errno == "ENOENT" and op in WRITE_OPS):
                 return
+        cur = self._current
+        if cur is not None and cur.pid == proc.pid:
+            proc.recent.append((cur.ts, cur.name, encode_path(path)))
         rec = self.files.get(path)
         if rec is None:
             rec = self.files[path] = {"ops": {}, "failed": {}}
@@ -273,7 +315,7 @@ class FactCollector:
             child = self._proc(ev.ret, ev.ts)
         child.ppid = proc.pid
         if child.exe is None:
-            child.exe = proc.exe
+            child.exe = child.initial_exe = proc.exe
         if flags & CLONE_THREAD:
             child.tgid = proc.tgid
             child.recorded = False
@@ -520,6 +562,9 @@ class FactCollector:
         key = (addr["family"], sock[1] if sock else _annot_kind(args[0]), addr.get("addr", ""),
                addr.get("port"), ev.errno or "")
         self._bump(self.binds, key, proc, ev.ts)
+        port = addr.get("port")
+        proc.recent.append((ev.ts, ev.name, f"{addr.get('addr', '')}:{port}" if port is not None
+                            else addr.get("addr", "")))
 
     def h_listen(self, ev: Syscall, proc: Proc) -> None:
         annot = annotation(split_args(ev.args)[0]) or ""
@@ -663,6 +708,25 @@ class FactCollector:
     def sections(self) -> dict:
         """The collected facts as the profile's JSON sections."""
         return facts_to_sections(self)
+
+
+_SYSCALL_FAMILIES = [
+    {"open", "openat", "openat2", "creat"},
+    {"chown", "lchown", "fchown", "fchownat"},
+    {"chmod", "fchmod", "fchmodat", "fchmodat2"},
+    {"unlink", "unlinkat", "rmdir"},
+    {"rename", "renameat", "renameat2"},
+    {"mkdir", "mkdirat"},
+    {"execve", "execveat"},
+    {"utimensat", "utimes", "utime", "futimesat"},
+]
+
+
+def _same_syscall(strace_name: str, kernel_name: str) -> bool:
+    """strace's name vs the kernel stack's (chown is fchownat inside, and so on)."""
+    if strace_name == kernel_name:
+        return True
+    return any(strace_name in fam and kernel_name in fam for fam in _SYSCALL_FAMILIES)
 
 
 def _annot_kind(fd_arg: str) -> str:

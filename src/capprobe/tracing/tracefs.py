@@ -65,13 +65,17 @@ def ensure_tracefs(root: Path = TRACEFS) -> Path:
 
 
 def _pid_alive(pid: int) -> bool:
+    """True while PID runs; a zombie (killed, not yet reaped) owns nothing any more."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    except PermissionError:
+    except OSError:
         return True
-    return True
+    # state is the first field after the ")" that closes the command name
+    state = stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3]
+    return state not in (b"Z", b"X")
 
 
 def _remove_instance(path: Path, timeout_s: float = 2.0) -> bool:
@@ -106,8 +110,13 @@ def reclaim_stale_instances(root: Path = TRACEFS) -> list[str]:
 
 
 def _write(path: Path, value: str, append: bool = False) -> None:
-    with open(path, "a" if append else "w") as handle:
-        handle.write(value)
+    # os.open, not open(..., "a"): Python's append mode seeks, which tracefs files refuse.
+    flags = os.O_WRONLY | (os.O_APPEND if append else os.O_TRUNC)
+    fd = os.open(path, flags)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
 
 
 def _write_quietly(path: Path, value: str) -> None:
@@ -207,9 +216,9 @@ class CapabilityProbe:
                 _write_quietly(self.instance / EVENT / "enable", "0")
             self._stopping.set()
             if self._reader is not None:
+                # The reader drains trace_pipe itself once it sees _stopping. A reader stuck in
+                # on_check for 10 s is abandoned (it is a daemon thread).
                 self._reader.join(timeout=10)
-            if self._pipe_fd is not None and (self._reader is None or not self._reader.is_alive()):
-                self._drain()  # reader failed or never ran: read the rest here
             if self._pending_text:  # output ended without a newline
                 self._deliver(self._parser.feed(self._pending_text))
                 self._pending_text = ""

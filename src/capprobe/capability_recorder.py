@@ -1,0 +1,103 @@
+"""Run the kernel capability probe beside strace and hand its checks to the facts.
+
+The probe's reader thread only queues checks; the strace loop drains the queue
+(capprobe's one thread that touches facts), so no fact is shared between threads.
+When no kernel probe can run, capabilities are inferred from the strace facts
+(fallback 2) and the profile says so.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections import deque
+
+from .facts.capability_uses import CapabilityUseAggregator
+
+
+class CapabilityRecorder:
+    """Either a live tracefs probe, or nothing (then section() infers)."""
+
+    def __init__(self, probe, collector, strace_pid: int, reason_off: str | None) -> None:
+        self.probe = probe
+        self.collector = collector
+        self.strace_pid = strace_pid
+        self.reason_off = reason_off
+        self.stats = None
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending: deque = deque()
+        self.aggregator = CapabilityUseAggregator(collector) if probe is not None else None
+
+    @classmethod
+    def start(cls, mode: str, strace_pid: int, collector, notes: list[str]) -> "CapabilityRecorder":
+        """Arm the probe on the launcher's pid (strace and the target descend from it)."""
+        if mode == "off":
+            return cls(None, collector, strace_pid, "turned off with --no-cap-probe")
+        from .tracing.tracefs import CapabilityProbe, ProbeUnavailable
+        recorder = cls(None, collector, strace_pid, None)
+        try:
+            probe = CapabilityProbe(strace_pid, on_check=recorder._queue.put)
+            probe.start()
+        except ProbeUnavailable as e:
+            reason = getattr(e, "reason", str(e))
+            notes.append(f"no kernel capability probe ({reason}); capabilities are inferred from syscalls")
+            recorder.reason_off = reason
+            return recorder
+        except OSError as e:
+            notes.append(f"no kernel capability probe ({e.strerror}); capabilities are inferred from syscalls")
+            recorder.reason_off = e.strerror or str(e)
+            return recorder
+        recorder.probe = probe
+        recorder.aggregator = CapabilityUseAggregator(collector)
+        return recorder
+
+    def drain(self, final: bool = False) -> None:
+        """Fold queued checks whose syscall the strace stream has already delivered."""
+        if self.probe is None:
+            return
+        while True:
+            try:
+                self._pending.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        waiting: deque = deque()
+        deferred_pids: set[int] = set()
+        collector = self.collector
+        for check in self._pending:
+            pid = check.pid
+            if pid == self.strace_pid:
+                continue  # the launcher and strace themselves, not the target
+            wall = self.probe.mono_to_wall(check.mono_ts)
+            if not final and (pid in deferred_pids or collector.last_seen(pid) < wall):
+                # strace has not yet printed this pid's later syscalls: keep kernel
+                # order per pid and wait, so the check finds its syscall and file.
+                deferred_pids.add(pid)
+                waiting.append(check)
+                continue
+            if pid == collector.root_pid and wall < collector.first_exec_time(pid):
+                continue  # strace's child before it exec'd the target
+            self.aggregator.add(check, wall)
+        self._pending = waiting
+
+    def stop(self) -> None:
+        if self.probe is not None and self.stats is None:
+            self.stats = self.probe.stop()
+
+    def section(self, profile: dict) -> dict:
+        """The profile's "capabilities" section, from the kernel or inferred."""
+        if self.probe is not None:
+            self.stop()
+            self.drain(final=True)
+            self.aggregator.finish()
+            return self.aggregator.section("tracefs", self.stats)
+        return inferred_section(profile, self.reason_off)
+
+
+def inferred_section(profile: dict, why: str | None) -> dict:
+    """Fallback 2: capabilities inferred from the strace facts by the probes/ table."""
+    try:
+        from .facts.inference import inferred_required_set, infer_capabilities
+    except ImportError:
+        return {"method": "none", "why": why, "required": [], "uses": []}
+    records = infer_capabilities(profile)
+    return {"method": "inferred", "why_no_kernel_probe": why,
+            "required": inferred_required_set(records), "uses": records}
