@@ -33,3 +33,33 @@ def load(path) -> dict:
 
 def file_entry(profile: dict, path: str) -> dict | None:
     return next((f for f in profile["files"] if f["path"] == path), None)
+
+
+@pytest.fixture
+def netns():
+    """A network namespace of the test's own, removed afterwards whatever happens."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 to create a network namespace")
+    name = f"capprobe-test-{os.getpid()}-{next(_netns_counter)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def capprobe_in_netns(ns: str, *args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    """capprobe itself inside NS, so the profile holds only the target's own work."""
+    return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "capprobe", *args],
+                          timeout=timeout, capture_output=True, text=True, **kw)
+
+
+def uses(profile: dict, cap: str, status: str = "required") -> list[dict]:
+    return [u for u in profile["capabilities"]["uses"] if u["capability"] == cap and u["status"] == status]
+
+
+import itertools as _itertools  # noqa: E402
+
+_netns_counter = _itertools.count()
+WORKLOADS = Path(__file__).resolve().parent / "workloads"

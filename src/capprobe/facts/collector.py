@@ -628,6 +628,10 @@ class FactCollector:
             self.netlink_undecoded += 1
             return
         ops = netlink.decode_netlink_send(protocol, ev.name, ev.args)
+        changing = [op for op in ops if op.changes_state]
+        if changing:
+            proc.recent.append((ev.ts, ev.name, " ".join(
+                sorted({f"{op.op}{' ' + op.detail if op.detail else ''}" for op in changing}))))
         for op in ops:
             key = (op.protocol, op.op, op.detail, ev.errno or "")
             entry = self._bump(self.netlink, key, proc, ev.ts)
@@ -639,6 +643,7 @@ class FactCollector:
         level = first_symbol(args[1]) or args[1]
         opt = first_symbol(args[2]) or args[2]
         self._bump(self.sockopts, (level, opt, ev.errno or ""), proc, ev.ts)
+        proc.recent.append((ev.ts, ev.name, opt))
 
     def h_ioctl(self, ev: Syscall, proc: Proc) -> None:
         args = split_args(ev.args)
@@ -646,8 +651,9 @@ class FactCollector:
         if not annot or annotated_device(annot) is None:
             return  # only device ioctls decide anything (TUNSETIFF, ...)
         request = first_symbol(args[1]) or args[1]
-        path = annotated_path(annot)
-        self._bump(self.ioctls, (encode_path(path), request, ev.errno or ""), proc, ev.ts)
+        path = encode_path(annotated_path(annot))
+        self._bump(self.ioctls, (path, request, ev.errno or ""), proc, ev.ts)
+        proc.recent.append((ev.ts, ev.name, f"{request} {path}"))
 
     # -- behaviour that decides hardening directives ------------------------
 

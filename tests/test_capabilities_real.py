@@ -1,0 +1,181 @@
+"""Capabilities as the kernel checked them, on real programs (issue: capability probes)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import (SYSTEM_PYTHON, WORKLOADS, capprobe, capprobe_in_netns, load, needs_root,
+                      needs_strace, uses)
+
+pytestmark = [needs_root, needs_strace]
+
+
+def required(profile):
+    assert profile["capabilities"]["method"] == "tracefs", profile["capabilities"]
+    return profile["capabilities"]["required"]
+
+
+def by_exe(use):
+    return use["exe"].rsplit("/", 1)[-1]
+
+
+@pytest.mark.skipif(shutil.which("ip") is None, reason="iproute2 not installed")
+def test_ip_tuntap_needs_net_admin_from_tun_ioctl(netns, tmp_path):
+    r = capprobe_in_netns(netns, "run", "-q", "-o", str(tmp_path / "p.json"), "--",
+                          "ip", "tuntap", "add", "dev", "cpt0", "mode", "tun")
+    assert r.returncode == 0, r.stderr
+    p = load(tmp_path / "p.json")
+    assert required(p) == ["CAP_NET_ADMIN"]
+    tun = [u for u in uses(p, "CAP_NET_ADMIN") if u["call_site"] == "__tun_chr_ioctl"]
+    assert tun and tun[0]["reason"] == "create a TUN/TAP device" and by_exe(tun[0]) == "ip"
+    assert "TUNSETIFF /dev/net/tun" in tun[0]["targets"]
+    subprocess.run(["ip", "-n", netns, "tuntap", "del", "dev", "cpt0", "mode", "tun"], check=True)
+
+
+def test_http_server_on_port_80_needs_net_bind_service(tmp_path):
+    r = capprobe("run", "-q", "--duration", "2", "-o", str(tmp_path / "p.json"), "--",
+                 SYSTEM_PYTHON, "-m", "http.server", "80", "--bind", "127.0.0.1")
+    p = load(tmp_path / "p.json")
+    assert r.returncode == 128 + 15 or r.returncode == 0, r.stderr
+    assert required(p) == ["CAP_NET_BIND_SERVICE"]
+    (bind,) = uses(p, "CAP_NET_BIND_SERVICE")
+    assert bind["call_site"] == "__inet_bind" and bind["syscall"] == "bind"
+    assert bind["targets"] == ["127.0.0.1:80"]
+
+
+@pytest.mark.skipif(shutil.which("tcpdump") is None, reason="tcpdump not installed (.ci/run installs it)")
+def test_tcpdump_needs_net_raw(netns, tmp_path):
+    out = tmp_path / "p.json"
+    proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-m", "capprobe", "run", "-q",
+                             "-o", str(out), "--", "tcpdump", "-i", "lo", "-c", "1", "-w", str(tmp_path / "c.pcap")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # one packet on the namespace's loopback, repeated until tcpdump has seen it
+        for _ in range(100):
+            subprocess.run(["ip", "netns", "exec", netns, SYSTEM_PYTHON, "-c",
+                            "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', 9))"],
+                           check=True)
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    p = load(out)
+    assert "CAP_NET_RAW" in required(p)
+    raw = uses(p, "CAP_NET_RAW")
+    assert raw and by_exe(raw[0]) == "tcpdump"
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="nftables not installed (.ci/run installs it)")
+def test_nft_add_table_needs_net_admin_and_is_decoded(netns, tmp_path):
+    r = capprobe_in_netns(netns, "run", "-q", "-o", str(tmp_path / "p.json"), "--",
+                          "nft", "add", "table", "inet", "capprobe_t")
+    assert r.returncode == 0, r.stderr
+    p = load(tmp_path / "p.json")
+    assert required(p) == ["CAP_NET_ADMIN"]
+    ops = {(n["op"], n["detail"]) for n in p["network"]["netlink"]}
+    assert ("NFT_MSG_NEWTABLE", "capprobe_t") in ops
+    nf = [u for u in uses(p, "CAP_NET_ADMIN") if u["call_site"] == "nfnetlink_rcv"]
+    assert nf and nf[0]["reason"] == "change nftables rules" and by_exe(nf[0]) == "nft"
+    assert any("NFT_MSG_NEWTABLE" in t for u in nf for t in u.get("targets", []))
+
+
+def test_chown_needs_chown_with_the_path(tmp_path):
+    f = tmp_path / "owned"
+    f.write_text("x")
+    r = capprobe("run", "-q", "-o", str(tmp_path / "p.json"), "--", "chown", "1000", str(f))
+    assert r.returncode == 0, r.stderr
+    p = load(tmp_path / "p.json")
+    assert required(p) == ["CAP_CHOWN"]
+    (use,) = uses(p, "CAP_CHOWN")
+    assert str(f) in use["targets"] and by_exe(use) == "chown"
+    assert "owner" in use["reason"]
+
+
+def test_as_service_user_reading_root_only_file_needs_dac(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("s")
+    os.chmod(secret, 0o600)
+    os.chmod(tmp_path, 0o755)
+    r = capprobe("run", "-q", "--user", "nobody", "-o", str(tmp_path / "p.json"), "--", "cat", str(secret))
+    assert r.returncode == 0, r.stderr
+    p = load(tmp_path / "p.json")
+    assert p["run"]["user"]["name"] == "nobody"
+    req = required(p)
+    assert req in (["CAP_DAC_READ_SEARCH"], ["CAP_DAC_OVERRIDE"]), req
+    dac = uses(p, req[0])
+    assert any(str(secret) in u.get("targets", []) for u in dac), dac
+    assert all(by_exe(u) == "cat" for u in dac)
+
+
+def test_caps_none_makes_the_privileged_step_fail(tmp_path):
+    f = tmp_path / "owned"
+    f.write_text("x")
+    r = capprobe("run", "-q", "--caps", "none", "-o", str(tmp_path / "p.json"), "--", "chown", "1000", str(f))
+    assert r.returncode != 0
+    p = load(tmp_path / "p.json")
+    assert p["run"]["caps_at_start"]["set"] == "none"
+    assert required(p) == []
+    assert uses(p, "CAP_CHOWN", "optional")
+    failed = next(x for x in p["files"] if x["path"] == str(f))["failed"]
+    assert failed[0]["errno"] == "EPERM"
+
+
+@pytest.mark.parametrize("command", [["/bin/true"], [SYSTEM_PYTHON, "-c", "pass"]])
+def test_plain_programs_need_nothing_and_advisory_checks_are_listed(tmp_path, command):
+    r = capprobe("run", "-q", "-o", str(tmp_path / "p.json"), "--", *command)
+    assert r.returncode == 0
+    p = load(tmp_path / "p.json")
+    assert required(p) == []
+    advisory = uses(p, "CAP_SYS_ADMIN", "advisory")
+    assert advisory and all(a["call_site"] == "security_vm_enough_memory_mm" for a in advisory)
+    assert all(a["why_not_required"] for a in advisory)
+
+
+def test_two_sessions_at_once_do_not_see_each_other(tmp_path):
+    f = tmp_path / "owned"
+    f.write_text("x")
+    results = {}
+
+    def run(name, *cmd):
+        results[name] = capprobe("run", "-q", "-o", str(tmp_path / f"{name}.json"), "--", *cmd)
+
+    a = threading.Thread(target=run, args=("bind", SYSTEM_PYTHON, "-c",
+                         "import socket, time\nfor i in range(20):\n s=socket.socket(); s.bind(('127.0.0.1', 81)); s.close(); time.sleep(0.05)"))
+    b = threading.Thread(target=run, args=("chown", "sh", "-c",
+                         f"for i in 1 2 3 4 5 6 7 8 9 10; do chown 1000 {f}; sleep 0.1; done"))
+    a.start(), b.start()
+    a.join(), b.join()
+    assert results["bind"].returncode == 0 and results["chown"].returncode == 0
+    pa, pb = load(tmp_path / "bind.json"), load(tmp_path / "chown.json")
+    assert required(pa) == ["CAP_NET_BIND_SERVICE"] and uses(pa, "CAP_NET_BIND_SERVICE")[0]["count"] == 20
+    assert required(pb) == ["CAP_CHOWN"] and sum(u["count"] for u in uses(pb, "CAP_CHOWN")) == 10
+    assert not [d for d in os.listdir("/sys/kernel/tracing/instances") if d.startswith("capprobe-")]
+
+
+@pytest.mark.skipif(shutil.which("ip") is None, reason="iproute2 not installed")
+def test_arctic_like_workload_needs_net_admin_alone(netns, tmp_path):
+    data, token = tmp_path / "opt-tillered", tmp_path / "etc-arctic"
+    data.mkdir(), token.mkdir()
+    r = capprobe_in_netns(netns, "run", "-q", "-o", str(tmp_path / "p.json"), "--", sys.executable,
+                          str(WORKLOADS / "arctic_like.py"), "--data", str(data), "--token-dir", str(token))
+    assert r.returncode == 0, r.stderr
+    p = load(tmp_path / "p.json")
+    assert required(p) == ["CAP_NET_ADMIN"]
+    # As root the kernel checks CAP_NET_RAW first for IP_TRANSPARENT; CAP_NET_ADMIN also
+    # satisfies it and is needed anyway, so the smallest set drops NET_RAW.
+    transparent = uses(p, "CAP_NET_RAW")
+    assert transparent and transparent[0]["call_site"] == "do_ip_setsockopt"
+    assert set(transparent[0]["alternatives"]) == {"CAP_NET_RAW", "CAP_NET_ADMIN"}
+    ops = {n["op"] for n in p["network"]["netlink"]}
+    assert {"RTM_NEWRULE", "RTM_NEWROUTE", "NFT_MSG_NEWTABLE"} <= ops
+    assert not uses(p, "CAP_NET_BIND_SERVICE") and not uses(p, "CAP_SYS_ADMIN")
