@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .profile import ProfileError, load_profile, save_profile
+from .profile import ProfileError, load_profile, save_profile, write_atomically
+from .rules.base import UnitOptions
 from .session import RunOptions, SessionError, run_session
 
 
@@ -60,10 +61,14 @@ def main() -> None:
 @click.option("--caps", type=click.Choice(["all", "none"]), default="all", show_default=True,
               help="'none' starts the target with no capabilities at all, to see what fails.")
 @click.option("--no-cap-probe", is_flag=True, help="Do not ask the kernel for capability checks.")
+@click.option("--unit", "unit_name", default=None,
+              help="Name of the unit to synthesize beside the profile (default: <command>.service).")
+@click.option("--no-unit", is_flag=True, help="Write only the profile.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
-def run(output, force, duration, grace, user, group, caps, no_cap_probe, quiet, command) -> None:
-    """Trace COMMAND (after --) and write its profile."""
+def run(output, force, duration, grace, user, group, caps, no_cap_probe, unit_name, no_unit, quiet,
+        command) -> None:
+    """Trace COMMAND (after --), write its profile and a hardened unit beside it."""
     command = list(command)
     if output is None:
         output = default_profile_path(command)
@@ -71,6 +76,12 @@ def run(output, force, duration, grace, user, group, caps, no_cap_probe, quiet, 
         _check_output_path(output)
         if output.exists() and not force:
             _fail(f"{output} exists; use --force to replace it")
+    unit_path = None
+    if not no_unit:
+        name = _unit_name(unit_name or os.path.basename(command[0]) or "service")
+        unit_path = output.parent / f"{name}.service"
+        if unit_path.exists() and not force:
+            _fail(f"{unit_path} exists; use --force to replace it, or --unit NAME")
     opts = RunOptions(command=command, duration=duration, grace=grace, user=user,
                       group=group, caps=caps, cap_probe="off" if no_cap_probe else "auto")
     status = (lambda msg: None) if quiet else (lambda msg: click.echo(f"capprobe: {msg}", err=True))
@@ -87,7 +98,94 @@ def run(output, force, duration, grace, user, group, caps, no_cap_probe, quiet, 
         for note in result.notes:
             click.echo(f"capprobe: {note}", err=True)
         click.echo(one_paragraph(result.profile, str(output)), err=True)
+    if unit_path is not None:
+        options = UnitOptions(name=unit_path.name[:-len(".service")], user=user, group=group)
+        _write_unit(result.profile, options, str(unit_path), force, quiet)
     sys.exit(result.exit_code)
+
+
+def _unit_name(text: str) -> str:
+    """A unit name from user input or a command name: safe characters only."""
+    name = text[:-len(".service")] if text.endswith(".service") else text
+    name = os.path.basename(name)
+    if not name or any(not (c.isalnum() or c in "-_.@") for c in name):
+        _fail(f"not a usable unit name: {text!r} (letters, digits, - _ . @)")
+    return name
+
+
+def _write_unit(profile: dict, options: "UnitOptions", dest: str, force: bool, quiet: bool,
+                setup: Path | None = None) -> None:
+    from .synthesis import synthesize
+    result = synthesize(profile, options)
+    data = result.unit_text.encode()
+    if dest == "-":
+        sys.stdout.write(result.unit_text)
+    else:
+        try:
+            write_atomically(Path(dest), data, force)
+        except ProfileError as e:
+            _fail(str(e))
+    if setup is not None:
+        from .render.setup_script import setup_script
+        try:
+            write_atomically(setup, setup_script(profile, options, result).encode(), force, mode=0o755)
+        except ProfileError as e:
+            _fail(str(e))
+    if quiet:
+        return
+    for note in result.notes:
+        click.echo(f"capprobe: {note}", err=True)
+    for message in result.verify_messages:
+        click.echo(f"capprobe: systemd-analyze verify: {message}", err=True)
+    hardened = sum(1 for d in result.directives if d.hardening)
+    where = "stdout" if dest == "-" else dest
+    click.echo(f"capprobe: unit written to {where}: {hardened} hardening settings, "
+               f"capabilities: {' '.join(profile.get('capabilities', {}).get('required', [])) or 'none'}", err=True)
+    if result.exposure is not None:
+        click.echo(f"capprobe: exposure (systemd-analyze security): {result.baseline_exposure} -> "
+                   f"{result.exposure} {result.exposure_label}", err=True)
+
+
+@main.command()
+@click.argument("profile", type=click.Path(path_type=Path))
+@click.option("-o", "--output", default=None, help="Unit file to write ('-' for stdout; default: NAME.service).")
+@click.option("--user", default=None, help="Run the service as this user (User=, Group=).")
+@click.option("--group", default=None, help="Group for --user.")
+@click.option("--dynamic-user", is_flag=True, help="DynamicUser=yes.")
+@click.option("--exec", "exec_line", default=None, help="ExecStart= command line instead of the traced one.")
+@click.option("--name", default=None, help="Unit name (default: from -o or the traced command).")
+@click.option("--setup", type=click.Path(path_type=Path), default=None,
+              help="Also write a setup script (user, directories, ownership) to this file.")
+@click.option("--force", is_flag=True, help="Replace existing files.")
+@click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
+def unit(profile, output, user, group, dynamic_user, exec_line, name, setup, force, quiet) -> None:
+    """Synthesize the minimal hardened systemd unit for PROFILE."""
+    if user and dynamic_user:
+        _fail("--user and --dynamic-user exclude each other")
+    try:
+        data = load_profile(profile)
+    except ProfileError as e:
+        _fail(str(e))
+    if name is None:
+        name = (os.path.basename(output) if output and output != "-" else
+                os.path.basename(data["run"]["command"][0]) or "service")
+    name = _unit_name(name)
+    dest = output or f"{name}.service"
+    if dest != "-":
+        _check_output_path(Path(dest))
+        if Path(dest).exists() and not force:
+            _fail(f"{dest} exists; use --force to replace it")
+    exec_start = None
+    if exec_line is not None:
+        import shlex
+        try:
+            exec_start = shlex.split(exec_line)
+        except ValueError as e:
+            _fail(f"cannot split --exec: {e}")
+        if not exec_start:
+            _fail("--exec is empty")
+    options = UnitOptions(name=name, user=user, group=group, dynamic_user=dynamic_user, exec_start=exec_start)
+    _write_unit(data, options, dest, force, quiet, setup)
 
 
 @main.command()

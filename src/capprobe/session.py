@@ -32,6 +32,21 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
 
+WORKDIR_PREFIX = "capprobe-run-"
+
+
+def reclaim_stale_workdirs() -> None:
+    """Remove FIFO directories left by sessions that were killed (their pid is gone)."""
+    from .tracing.tracefs import _pid_alive
+    tmp = tempfile.gettempdir()
+    for name in os.listdir(tmp):
+        if not name.startswith(WORKDIR_PREFIX):
+            continue
+        owner = name[len(WORKDIR_PREFIX):].split("-", 1)[0]
+        if owner.isdigit() and not _pid_alive(int(owner)):
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+
+
 class SessionError(Exception):
     """A run cannot start; the message is one line, exit_code what capprobe exits with."""
 
@@ -158,9 +173,14 @@ def run_session(opts: RunOptions, status=lambda msg: None) -> RunResult:
     notify = os.environ.get("NOTIFY_SOCKET")
     collector = FactCollector(os.fsencode(start_cwd), os.fsencode(notify) if notify else None)
 
-    workdir = tempfile.mkdtemp(prefix="capprobe-run-")
+    reclaim_stale_workdirs()
+    workdir = tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-")
     fifo = os.path.join(workdir, "strace.fifo")
     os.mkfifo(fifo, 0o600)
+    if spec is not None and spec.get("uid") is not None:
+        # strace runs as the service user and must open its end of the FIFO.
+        os.chown(workdir, spec["uid"], spec["gid"])
+        os.chown(fifo, spec["uid"], spec["gid"])
     # Open our end first (non-blocking) so strace's open for writing does not block.
     read_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     os.set_blocking(read_fd, True)
@@ -260,8 +280,34 @@ def run_session(opts: RunOptions, status=lambda msg: None) -> RunResult:
         },
         **collector.sections(),
     }
+    profile["executables"] = describe_executables(profile["processes"])
     profile["capabilities"] = recorder.section(profile)
     return RunResult(profile, exit_code, notes)
+
+
+def describe_executables(processes: list[dict]) -> list[dict]:
+    """Setuid/setgid bits and file capabilities of every executed file (NoNewPrivileges)."""
+    from .paths import decode_path
+    seen: dict[str, dict] = {}
+    for proc in processes:
+        for ex in proc["execs"]:
+            path = ex["path"]
+            if path in seen:
+                continue
+            raw = decode_path(path)
+            entry = {"path": path, "setuid": False, "setgid": False, "file_caps": False, "owner": None}
+            try:
+                st = os.stat(raw)
+                entry.update(setuid=bool(st.st_mode & 0o4000), setgid=bool(st.st_mode & 0o2000),
+                             owner=st.st_uid)
+                try:
+                    entry["file_caps"] = bool(os.getxattr(raw, "security.capability"))
+                except OSError:
+                    pass
+            except OSError:
+                entry["missing"] = True
+            seen[path] = entry
+    return list(seen.values())
 
 
 def _wait_for_writer(read_fd: int, keepalive: int, proc: subprocess.Popen) -> None:

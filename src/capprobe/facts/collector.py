@@ -467,14 +467,27 @@ class FactCollector:
             self._path_call(ev, proc, "symlink", 2, 1)
 
     def h_chmod(self, ev: Syscall, proc: Proc) -> None:
+        args = split_args(ev.args)
         if ev.name == "fchmod":
-            path = annotated_path(annotation(split_args(ev.args)[0]))
-            if path:
-                self._file_op(path, "chmod", proc, ev.ts, ev.errno)
+            path, mode_arg = annotated_path(annotation(args[0])), args[1]
         elif ev.name in ("fchmodat", "fchmodat2"):
-            self._path_call(ev, proc, "chmod", 1, 0)
+            path, mode_arg = self._path(proc, args[1], args[0]), args[2]
         else:
-            self._path_call(ev, proc, "chmod", 0)
+            path, mode_arg = self._path(proc, args[0]), args[1]
+        if path is None:
+            return
+        self._file_op(path, "chmod", proc, ev.ts, ev.errno)
+        if ev.errno is None:
+            self._note_mode(path, mode_arg)
+
+    def _note_mode(self, path: bytes | None, mode_arg: str | None) -> None:
+        """Keep the modes given to chmod: setuid/setgid bits decide RestrictSUIDSGID."""
+        rec = self.files.get(path) if path is not None else None
+        mode = int_arg(mode_arg) if mode_arg else None
+        if rec is not None and mode is not None:
+            modes = rec.setdefault("modes", set())
+            if len(modes) < 20:
+                modes.add(f"{mode:04o}")
 
     def h_chown(self, ev: Syscall, proc: Proc) -> None:
         args = split_args(ev.args)

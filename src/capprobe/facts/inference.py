@@ -416,8 +416,9 @@ def infer_capabilities(profile: dict, table: dict | None = None) -> list[dict]:
             if status == INFERRED and uncertain_by_behaviour:
                 status, note = POSSIBLE, "a user namespace was also created, which grants it inside"
             outcome = fact.get("errno") or "ok"
-            evidence = _fill((table.get("evidence") or {}).get(rule["fact"], "{kind}"),
-                             {**fact, "outcome": outcome})
+            # Empty fields (a netlink op without detail) would leave double spaces.
+            evidence = " ".join(_fill((table.get("evidence") or {}).get(rule["fact"], "{kind}"),
+                                      {**fact, "outcome": outcome}).split())
             for capability, implied_reason in _capabilities_for(fact, rule):
                 reason = _fill(rule.get("reason", "{implied_reason}"), {**fact, "implied_reason": implied_reason})
                 if note:

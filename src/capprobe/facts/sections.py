@@ -31,6 +31,8 @@ def build_sections(c) -> dict:
             item["renamed_from"] = sorted(rec["renamed_from"])
         if rec.get("owners"):
             item["owners"] = sorted(rec["owners"])
+        if rec.get("modes"):
+            item["modes"] = sorted(rec["modes"])
         files.append(item)
         written = [e for op, e in rec["ops"].items() if op in WRITE_OPS]
         if written and (path.startswith(b"/proc/sys/") or path.startswith(b"/sys/")):

@@ -1,0 +1,50 @@
+"""CapabilityBoundingSet= and AmbientCapabilities=: exactly what the kernel said was required."""
+
+from __future__ import annotations
+
+from .base import Directive, RuleContext
+from .evidence import identity_choice, ownership_alternative, required_capabilities, show
+from .registry import rule
+
+
+def _evidence(ctx: RuleContext, cap: str) -> str:
+    caps = ctx.profile.get("capabilities", {})
+    rows = [u for u in caps.get("uses", []) if u["capability"] == cap and u.get("status") in ("required", "inferred")]
+    if not rows and caps.get("method") == "tracefs":
+        # chosen through an either-or check (e.g. IP_TRANSPARENT also accepts NET_ADMIN)
+        rows = [u for u in caps.get("uses", []) if cap in u.get("alternatives", []) and u.get("status") == "required"]
+    parts = []
+    for u in rows[:3]:
+        target = f" {u['targets'][0]}" if u.get("targets") else ""
+        exe = (u.get("exe") or "?").rsplit("/", 1)[-1]
+        parts.append(f"{u.get('reason')}{target} (x{u.get('count', 1)}, {exe})")
+    return f"{cap}: " + "; ".join(parts) if parts else cap
+
+
+@rule("capabilities")
+def bounding_set(ctx: RuleContext):
+    caps = ctx.profile.get("capabilities", {})
+    required = required_capabilities(ctx)
+    method = caps.get("method", "none")
+    left_out = sorted({u["capability"] for u in caps.get("uses", [])
+                       if u.get("status") in ("advisory", "optional", "superseded", "possible", "denied")} - set(required))
+    note = f"; checked but not required: {' '.join(left_out)}" if left_out else ""
+    dropped, paths = ownership_alternative(ctx)
+    if dropped:
+        note += (f"; {' '.join(dropped)} was needed only for {', '.join(show(p) for p in paths)}: "
+                 "the setup script (--setup) gives them to the service user instead")
+    source = "as the kernel checked them" if method == "tracefs" else f"method: {method}"
+    if not required:
+        yield Directive("CapabilityBoundingSet", (), f"no capability required ({source}){note}")
+    else:
+        why = " | ".join(_evidence(ctx, c) for c in required)
+        yield Directive("CapabilityBoundingSet", tuple(required), f"required {source}: {why}{note}")
+
+
+@rule("capabilities")
+def ambient(ctx: RuleContext):
+    required = required_capabilities(ctx)
+    kind, _ = identity_choice(ctx)
+    if required and kind != "root":
+        yield Directive("AmbientCapabilities", tuple(required),
+                        "a non-root service gets the required capabilities only through the ambient set")

@@ -1,0 +1,117 @@
+"""How the service starts and behaves as a process: Type=, ExecStart=, and process-level locks."""
+
+from __future__ import annotations
+
+import shlex
+
+from ..paths import display_path
+from .base import Directive, RuleContext
+from .evidence import behaviour, short_exes
+from .registry import rule
+
+ONESHOT_SECONDS = 60  # a run that ended by itself within this time is a job, not a daemon
+PERSONALITY_HARMLESS = {"0xffffffff", "0", "PER_LINUX", "0 /* PER_LINUX */"}
+
+
+@rule("process")
+def service_type(ctx: RuleContext):
+    run = ctx.profile["run"]
+    notify = behaviour(ctx, "sd_notify")
+    if notify:
+        yield Directive("Type", ("notify",), f"sd_notify messages seen ({notify[0]['detail']}, "
+                        f"x{notify[0]['count']}, by {short_exes(notify)})", hardening=False)
+    elif run.get("ended_by") == "exit" and run.get("duration", 1e9) < ONESHOT_SECONDS:
+        yield Directive("Type", ("oneshot",), f"the traced run exited by itself after {run['duration']:.1f} s "
+                        f"(status {run['exit_status']}): a job, not a daemon", hardening=False)
+    else:
+        yield Directive("Type", ("exec",), "a long-running process that does not notify readiness; "
+                        "exec reports a failed start", hardening=False)
+
+
+@rule("process")
+def exec_start(ctx: RuleContext):
+    if ctx.options.exec_start:
+        argv = [a.encode() for a in ctx.options.exec_start]
+        yield Directive("ExecStart", tuple(argv), "given with --exec", hardening=False)
+        return
+    run = ctx.profile["run"]
+    argv = [run.get("executable", run["command"][0]).encode()] + [a.encode() for a in run["command"][1:]]
+    yield Directive("ExecStart", tuple(argv), "the traced command line", hardening=False)
+
+
+@rule("process")
+def no_new_privileges(ctx: RuleContext):
+    privileged = [e for e in ctx.profile.get("executables", [])
+                  if e.get("setuid") or e.get("setgid") or e.get("file_caps")]
+    if privileged:
+        names = ", ".join(display_path(e["path"]) for e in privileged[:3])
+        yield Directive("NoNewPrivileges", ("no",), f"executed a setuid/setgid/file-capability binary: {names}")
+    else:
+        n = len(ctx.profile.get("executables", []))
+        yield Directive("NoNewPrivileges", ("yes",), f"none of the {n} executed files is setuid, setgid "
+                        "or has file capabilities")
+
+
+@rule("process")
+def lock_personality(ctx: RuleContext):
+    changes = [b for b in behaviour(ctx, "personality") if b["detail"] not in PERSONALITY_HARMLESS]
+    if changes:
+        yield Directive("LockPersonality", ("no",), f"personality({changes[0]['detail']}) by {short_exes(changes)}")
+    else:
+        yield Directive("LockPersonality", ("yes",), "no personality() change seen")
+
+
+@rule("process")
+def memory_deny_write_execute(ctx: RuleContext):
+    wx = behaviour(ctx, "wx_memory")
+    if wx:
+        yield Directive("MemoryDenyWriteExecute", ("no",),
+                        f"writable+executable memory: {wx[0]['detail']} x{sum(b['count'] for b in wx)} by {short_exes(wx)}")
+    else:
+        yield Directive("MemoryDenyWriteExecute", ("yes",), "no W+X mapping and no mprotect(PROT_EXEC) seen")
+
+
+@rule("process")
+def restrict_realtime(ctx: RuleContext):
+    rt = behaviour(ctx, "realtime")
+    if rt:
+        yield Directive("RestrictRealtime", ("no",), f"realtime scheduling requested by {short_exes(rt)}")
+    else:
+        yield Directive("RestrictRealtime", ("yes",), "no realtime scheduling requested")
+
+
+@rule("process")
+def restrict_suid_sgid(ctx: RuleContext):
+    setid = [f for f in ctx.profile["files"] if any(int(m, 8) & 0o6000 for m in f.get("modes", []))]
+    if setid:
+        yield Directive("RestrictSUIDSGID", ("no",), f"set a setuid/setgid mode on {display_path(setid[0]['path'])}")
+    else:
+        yield Directive("RestrictSUIDSGID", ("yes",), "no setuid/setgid file mode set")
+
+
+@rule("process")
+def remove_ipc(ctx: RuleContext):
+    ipc = behaviour(ctx, "sysv_ipc") + behaviour(ctx, "posix_mqueue")
+    if ipc:
+        yield Directive("RemoveIPC", ("no",), f"IPC objects used ({ipc[0]['detail']}); they may be meant to outlive the service")
+    else:
+        yield Directive("RemoveIPC", ("yes",), "no SysV IPC or POSIX message queue seen")
+
+
+@rule("process")
+def keyring_mode(ctx: RuleContext):
+    keys = behaviour(ctx, "keyring")
+    if keys:
+        yield Directive("KeyringMode", ("shared",), f"kernel keyring used ({keys[0]['detail']})")
+    else:
+        yield Directive("KeyringMode", ("private",), "no kernel keyring call seen")
+
+
+@rule("process")
+def umask(ctx: RuleContext):
+    yield Directive("UMask", ("0077",), "files the service creates are private to it")
+
+
+def split_exec(text: str) -> list[str]:
+    """--exec "..." split like a shell would (for UnitOptions.exec_start)."""
+    return shlex.split(text)

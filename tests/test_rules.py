@@ -1,0 +1,244 @@
+"""Each directive rule on hand-made profiles, both outcomes (pure: no process started)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from capprobe.rules import capabilities, devices, filesystem, identity, kernel, network, process
+from capprobe.rules.base import RuleContext, UnitOptions
+
+BASE = {
+    "schema": "capprobe/profile/v1",
+    "host": {"hostname": "h", "kernel": "6.18", "architecture": "x86_64"},
+    "run": {"command": ["/usr/bin/svc", "--flag"], "executable": "/usr/bin/svc", "ended_by": "duration",
+            "duration": 30.0, "exit_status": 0, "started": 0, "user": {"uid": 0, "name": "root"}},
+    "processes": [{"pid": 1, "ppid": None, "exe": "/usr/bin/svc", "execs": [], "identity_changes": []}],
+    "executables": [{"path": "/usr/bin/svc", "setuid": False, "setgid": False, "file_caps": False}],
+    "syscalls": {"read": {"count": 1}},
+    "files": [],
+    "devices": [],
+    "ioctls": [],
+    "network": {"sockets": [], "binds": [], "listens": [], "connects": [], "sends": [], "accepts": [],
+                "setsockopts": [], "netlink": []},
+    "behaviour": [],
+    "capabilities": {"method": "tracefs", "required": [], "uses": []},
+}
+BY = {"count": 1, "first_seen": 1.0, "by": ["/usr/bin/svc"]}
+
+
+def profile(**changes) -> dict:
+    p = copy.deepcopy(BASE)
+    for key, value in changes.items():
+        if key in p["network"]:
+            p["network"][key] = value
+        elif key in p["run"] and key != "user":
+            p["run"][key] = value
+        else:
+            p[key] = value
+    return p
+
+
+def decide(fn, p, **opts) -> dict:
+    """{key: values} from one rule."""
+    out: dict = {}
+    for d in fn(RuleContext(p, UnitOptions(name="svc", **opts))):
+        out.setdefault(d.key, []).append(d.values)
+        assert d.comment and "\n" not in d.comment
+    return {k: v[0] if len(v) == 1 else v for k, v in out.items()}
+
+
+def f(path, *ops, **extra):
+    return {"path": path, "ops": {op: dict(BY) for op in ops}, **extra}
+
+
+def b(kind, detail):
+    return {"kind": kind, "detail": detail, **BY}
+
+
+# -- identity ----------------------------------------------------------------
+
+def test_identity_user_from_option_and_dynamic_when_no_state():
+    assert decide(identity.identity, profile(), user="nobody") == {"User": (b"nobody",), "Group": (b"nogroup",)}
+    assert decide(identity.identity, profile()) == {"DynamicUser": ("yes",)}
+    state = profile(files=[f("/var/lib/svc/db", "create", "write")])
+    assert decide(identity.identity, state) == {"DynamicUser": ("yes",)}
+
+
+def test_identity_stays_root_when_writing_outside_managed_dirs_or_switching_user():
+    assert decide(identity.identity, profile(files=[f("/opt/svc/db", "create")])) == {}
+    switching = profile(processes=[{"pid": 1, "ppid": None, "exe": "/usr/bin/svc", "execs": [],
+                                    "identity_changes": [{"call": "setuid", "args": "33", "result": 0}]}])
+    assert decide(identity.identity, switching) == {}
+
+
+# -- process -------------------------------------------------------------------
+
+def test_type_notify_oneshot_exec():
+    assert decide(process.service_type, profile(behaviour=[b("sd_notify", "READY=1")]))["Type"] == ("notify",)
+    assert decide(process.service_type, profile(ended_by="exit", duration=2.0))["Type"] == ("oneshot",)
+    assert decide(process.service_type, profile())["Type"] == ("exec",)
+
+
+def test_exec_start_is_the_traced_command_or_the_option():
+    assert decide(process.exec_start, profile())["ExecStart"] == (b"/usr/bin/svc", b"--flag")
+    assert decide(process.exec_start, profile(), exec_start=["/x", "a b"])["ExecStart"] == (b"/x", b"a b")
+
+
+def test_no_new_privileges_both_ways():
+    assert decide(process.no_new_privileges, profile())["NoNewPrivileges"] == ("yes",)
+    suid = profile(executables=[{"path": "/usr/bin/sudo", "setuid": True, "setgid": False, "file_caps": False}])
+    assert decide(process.no_new_privileges, suid)["NoNewPrivileges"] == ("no",)
+
+
+@pytest.mark.parametrize("fn,key,kind,detail", [
+    (process.lock_personality, "LockPersonality", "personality", "0x8"),
+    (process.memory_deny_write_execute, "MemoryDenyWriteExecute", "wx_memory", "mmap PROT_WRITE|PROT_EXEC"),
+    (process.restrict_realtime, "RestrictRealtime", "realtime", "sched_setscheduler"),
+    (process.remove_ipc, "RemoveIPC", "sysv_ipc", "shmget"),
+    (kernel.protect_kernel_tunables, "ProtectKernelTunables", "write_kernel_tunable", "/proc/sys/net/x"),
+    (kernel.protect_kernel_modules, "ProtectKernelModules", "kernel_module", "finit_module"),
+    (kernel.protect_kernel_logs, "ProtectKernelLogs", "kernel_log", "syslog"),
+    (kernel.protect_clock, "ProtectClock", "clock", "clock_settime"),
+    (kernel.protect_hostname, "ProtectHostname", "hostname", "sethostname"),
+    (kernel.private_mounts, "PrivateMounts", "mount", "mount"),
+])
+def test_toggle_rules_on_unless_the_behaviour_was_seen(fn, key, kind, detail):
+    assert decide(fn, profile())[key] == ("yes",)
+    assert decide(fn, profile(behaviour=[b(kind, detail)]))[key] == ("no",)
+
+
+def test_personality_query_does_not_unlock():
+    assert decide(process.lock_personality, profile(behaviour=[b("personality", "0xffffffff")]))["LockPersonality"] == ("yes",)
+
+
+def test_keyring_and_suid_modes():
+    assert decide(process.keyring_mode, profile())["KeyringMode"] == ("private",)
+    assert decide(process.keyring_mode, profile(behaviour=[b("keyring", "add_key")]))["KeyringMode"] == ("shared",)
+    assert decide(process.restrict_suid_sgid, profile())["RestrictSUIDSGID"] == ("yes",)
+    setuid = profile(files=[f("/srv/x", "chmod", modes=["4755"])])
+    assert decide(process.restrict_suid_sgid, setuid)["RestrictSUIDSGID"] == ("no",)
+
+
+# -- capabilities ----------------------------------------------------------------
+
+def test_bounding_set_empty_or_exactly_required_and_ambient_only_for_non_root():
+    assert decide(capabilities.bounding_set, profile())["CapabilityBoundingSet"] == ()
+    caps = {"method": "tracefs", "required": ["CAP_NET_ADMIN"], "uses": [
+        {"capability": "CAP_NET_ADMIN", "status": "required", "reason": "create a TUN/TAP device", "count": 1, "exe": "/x"},
+        {"capability": "CAP_SYS_ADMIN", "status": "advisory", "reason": "overcommit", "count": 9, "exe": "/x"}]}
+    got = list(capabilities.bounding_set(RuleContext(profile(capabilities=caps), UnitOptions())))
+    assert got[0].values == ("CAP_NET_ADMIN",) and "CAP_SYS_ADMIN" in got[0].comment
+    assert decide(capabilities.ambient, profile(capabilities=caps), user="nobody") == {"AmbientCapabilities": ("CAP_NET_ADMIN",)}
+    root = profile(capabilities=caps, files=[f("/opt/x", "create")])
+    assert decide(capabilities.ambient, root) == {}
+
+
+def test_dac_on_a_few_paths_becomes_ownership_not_privilege():
+    caps = {"method": "tracefs", "required": ["CAP_DAC_OVERRIDE", "CAP_NET_ADMIN"], "uses": [
+        {"capability": "CAP_DAC_OVERRIDE", "status": "required", "reason": "open a file that mode bits deny",
+         "targets": ["/etc/arctic/recovery.token"], "count": 1, "exe": "/x"},
+        {"capability": "CAP_NET_ADMIN", "status": "required", "reason": "tun", "count": 1, "exe": "/x"}]}
+    got = decide(capabilities.bounding_set, profile(capabilities=caps), user="nobody")
+    assert got["CapabilityBoundingSet"] == ("CAP_NET_ADMIN",)
+    many = copy.deepcopy(caps)
+    many["uses"][0]["targets"] = [f"/srv/{i}" for i in range(10)]
+    assert decide(capabilities.bounding_set, profile(capabilities=many), user="nobody")["CapabilityBoundingSet"] == (
+        "CAP_DAC_OVERRIDE", "CAP_NET_ADMIN")
+
+
+# -- filesystem --------------------------------------------------------------------
+
+def test_read_write_paths_collapse_files_and_directories():
+    p = profile(files=[
+        f("/opt/tillered/arctic.db", "create", "write"),
+        f("/opt/tillered/peer.key.tmp", "create", "rename_from"),
+        f("/opt/tillered/peer.key", "rename_to"),
+        f("/etc/arctic/recovery.token", "write", "truncate"),
+        f("/etc/arctic.conf", "read"),
+        f("/var/lib/svc/state", "create", "write"),
+        f("/var/log/svc/svc.log", "write"),
+        f("/proc/self/oom_score_adj", "write"),
+    ])
+    got = decide(filesystem.read_write_paths, p)
+    assert got["ReadWritePaths"] == (b"/etc/arctic/recovery.token", b"/opt/tillered")
+    assert got["StateDirectory"] == (b"svc",) and got["LogsDirectory"] == (b"svc",)
+
+
+def test_nested_entries_keep_the_outermost_and_hostile_paths_widen():
+    p = profile(files=[f("/srv/a/b/c", "create"), f("/srv/a/x", "mkdir"),
+                       f("/srv/ev\nil/f", "write")])
+    got = decide(filesystem.read_write_paths, p)
+    assert got["ReadWritePaths"] == (b"/srv",)  # the newline path widened to /srv, which holds the rest
+
+
+def test_protect_home_and_private_tmp():
+    assert decide(filesystem.protect_home, profile())["ProtectHome"] == ("yes",)
+    assert decide(filesystem.protect_home, profile(files=[f("/home/u/.cfg", "read")]))["ProtectHome"] == ("read-only",)
+    assert decide(filesystem.private_tmp, profile(files=[f("/tmp/mine", "create", "delete")]))["PrivateTmp"] == ("yes",)
+    assert decide(filesystem.private_tmp, profile(files=[f("/tmp/.X11-unix/X0", "read")]))["PrivateTmp"] == ("no",)
+
+
+# -- devices ------------------------------------------------------------------------
+
+def test_private_devices_or_exact_device_allow():
+    null = [{"path": "/dev/null", "kind": "char", "major": 1, "minor": 3, "access": "rw", **BY}]
+    assert decide(devices.devices, profile(devices=null)) == {"PrivateDevices": ("yes",)}
+    tun = [{"path": "/dev/net/tun", "kind": "char", "major": 10, "minor": 200, "access": "rw", **BY}]
+    got = decide(devices.devices, profile(devices=tun))
+    assert got == {"DevicePolicy": ("closed",), "DeviceAllow": (b"/dev/net/tun", "rw")}
+
+
+# -- network -------------------------------------------------------------------------
+
+def sock(family, stype="SOCK_STREAM"):
+    return {"family": family, "type": stype, "protocol": "0", **BY}
+
+
+def test_address_families_exact_or_none_and_private_network():
+    assert decide(network.restrict_address_families, profile())["RestrictAddressFamilies"] == ("none",)
+    assert decide(network.private_network, profile()) == {"PrivateNetwork": ("yes",)}
+    p = profile(sockets=[sock("AF_INET"), sock("AF_NETLINK"), sock("AF_INET6")])
+    assert decide(network.restrict_address_families, p)["RestrictAddressFamilies"] == ("AF_INET", "AF_INET6", "AF_NETLINK")
+    assert decide(network.private_network, p) == {}
+    assert decide(network.private_network, profile(sockets=[sock("AF_UNIX")])) == {"PrivateNetwork": ("yes",)}
+
+
+def test_socket_bind_allow_exact_ports():
+    binds = [{"family": "AF_INET", "type": "SOCK_STREAM", "address": "0.0.0.0", "port": 8080, "errno": None, **BY},
+             {"family": "AF_INET", "type": "SOCK_DGRAM", "address": "0.0.0.0", "port": 51840, "errno": None, **BY}]
+    got = decide(network.socket_bind, profile(sockets=[sock("AF_INET")], binds=binds))
+    assert got == {"SocketBindAllow": ("tcp:8080", "udp:51840"), "SocketBindDeny": ("any",)}
+    assert decide(network.socket_bind, profile(sockets=[sock("AF_INET")])) == {"SocketBindDeny": ("any",)}
+
+
+def test_ip_address_filter_loopback_only_or_open():
+    loop = profile(sockets=[sock("AF_INET")],
+                   connects=[{"family": "AF_INET", "address": "127.0.0.1", "port": 80, **BY}])
+    assert decide(network.ip_address_filter, loop) == {"IPAddressDeny": ("any",), "IPAddressAllow": ("localhost",)}
+    out = profile(sockets=[sock("AF_INET")],
+                  binds=[{"family": "AF_INET", "type": "SOCK_STREAM", "address": "0.0.0.0", "port": 80, **BY}])
+    assert decide(network.ip_address_filter, out) == {}
+    assert decide(network.ip_address_filter, profile()) == {"IPAddressDeny": ("any",)}
+
+
+# -- kernel ---------------------------------------------------------------------------
+
+def test_proc_and_namespaces_and_private_users():
+    assert decide(kernel.protect_proc, profile()) == {"ProtectProc": ("invisible",), "ProcSubset": ("pid",)}
+    got = decide(kernel.protect_proc, profile(files=[f("/proc/meminfo", "read")],
+                                              behaviour=[b("read_other_process", "/proc/1")]))
+    assert got == {"ProtectProc": ("default",), "ProcSubset": ("all",)}
+    assert decide(kernel.restrict_namespaces, profile())["RestrictNamespaces"] == ("yes",)
+    assert decide(kernel.restrict_namespaces, profile(behaviour=[b("namespace", "unshare:net")]))[
+        "RestrictNamespaces"] == ("net",)
+    assert decide(kernel.private_users, profile()) == {"PrivateUsers": ("yes",)}
+    caps = {"method": "tracefs", "required": ["CAP_NET_BIND_SERVICE"], "uses": []}
+    assert decide(kernel.private_users, profile(capabilities=caps)) == {}
+
+
+def test_control_groups():
+    assert decide(kernel.protect_control_groups, profile())["ProtectControlGroups"] == ("yes",)
+    w = profile(files=[f("/sys/fs/cgroup/x/cgroup.procs", "write")])
+    assert decide(kernel.protect_control_groups, w)["ProtectControlGroups"] == ("no",)
