@@ -46,10 +46,12 @@ def final_allowed_set(lines: list[tuple[str, ...]], expand) -> set[str]:
     """The allow set systemd builds from SystemCallFilter= LINES, in its order.
 
     The first line's polarity fixes the mode; this helper is for allow-lists, where
-    each later line adds its names or ("~" on the first word) removes them.
+    each later line adds its names or ("~" on the first word) removes them.  systemd
+    seeds an allow-list with @default (config_parse_syscall_filter: "Accept default
+    syscalls if we are on an allow list"); a later "~" line can still remove those.
     """
     assert lines and not lines[0][0].startswith("~"), "not an allow-list"
-    allowed: set[str] = set()
+    allowed: set[str] = set(expand("@default"))
     for values in lines:
         deny = values[0].startswith("~")
         names = set()
@@ -128,6 +130,18 @@ def test_shipped_table_loads_and_matches_this_host_when_versions_agree():
     if version is None or version not in origin:
         pytest.skip(f"host systemd {version} is not the one the table was generated from ({origin})")
     assert shipped == GROUPS
+
+
+def test_without_systemd_analyze_the_shipped_table_is_used(monkeypatch):
+    import capprobe.syscall_groups as module
+    monkeypatch.setattr(module, "_run", lambda cmd: None)
+    module._load.cache_clear()
+    try:
+        assert module.syscall_groups_origin().startswith("probes/syscall_groups.toml")
+        assert "newfstatat" in module.syscall_groups()["@system-service"]
+    finally:
+        monkeypatch.undo()
+        module._load.cache_clear()
 
 
 def test_x86_64_number_table_agrees_with_the_kernel_header():

@@ -209,7 +209,7 @@ def test_socket_bind_allow_exact_ports():
     binds = [{"family": "AF_INET", "type": "SOCK_STREAM", "address": "0.0.0.0", "port": 8080, "errno": None, **BY},
              {"family": "AF_INET", "type": "SOCK_DGRAM", "address": "0.0.0.0", "port": 51840, "errno": None, **BY}]
     got = decide(network.socket_bind, profile(sockets=[sock("AF_INET")], binds=binds))
-    assert got == {"SocketBindAllow": ("tcp:8080", "udp:51840"), "SocketBindDeny": ("any",)}
+    assert got == {"SocketBindAllow": [("tcp:8080",), ("udp:51840",)], "SocketBindDeny": ("any",)}
     assert decide(network.socket_bind, profile(sockets=[sock("AF_INET")])) == {"SocketBindDeny": ("any",)}
 
 

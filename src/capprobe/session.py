@@ -28,6 +28,8 @@ from .profile import SCHEMA
 
 STRACE_FLAGS = ["-f", "-q", "-ttt", "-n", "-yy", "-X", "verbose", "-s", "4096",
                 "-e", "signal=none"]
+# What systemd gives a service (not the invoking shell's $PATH, which may search /root).
+SYSTEMD_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -170,17 +172,26 @@ def run_session(opts: RunOptions, status=lambda msg: None) -> RunResult:
     spec = identity_spec(opts)
     notes: list[str] = []
     start_cwd = os.path.abspath(opts.cwd or os.getcwd())
-    notify = os.environ.get("NOTIFY_SOCKET")
-    collector = FactCollector(os.fsencode(start_cwd), os.fsencode(notify) if notify else None)
 
     reclaim_stale_workdirs()
     workdir = tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-")
     fifo = os.path.join(workdir, "strace.fifo")
     os.mkfifo(fifo, 0o600)
+    # Like systemd, offer a notification socket: a daemon that speaks sd_notify
+    # shows it only when NOTIFY_SOCKET is set (it decides Type=notify).
+    notify_path = os.path.join(workdir, "notify")
+    notify_sock = NotifyListener(notify_path)
     if spec is not None and spec.get("uid") is not None:
         # strace runs as the service user and must open its end of the FIFO.
-        os.chown(workdir, spec["uid"], spec["gid"])
-        os.chown(fifo, spec["uid"], spec["gid"])
+        for path in (workdir, fifo, notify_path):
+            os.chown(path, spec["uid"], spec["gid"])
+    collector = FactCollector(os.fsencode(start_cwd), os.fsencode(notify_path))
+    target_env = dict(os.environ, NOTIFY_SOCKET=notify_path)
+    if spec is not None and spec.get("uid") is not None:
+        # As systemd does for User=: the service sees its own user's environment.
+        pw = pwd.getpwuid(spec["uid"])
+        target_env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name, SHELL=pw.pw_shell,
+                          PATH=SYSTEMD_DEFAULT_PATH)
     # Open our end first (non-blocking) so strace's open for writing does not block.
     read_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     os.set_blocking(read_fd, True)
@@ -203,7 +214,7 @@ def run_session(opts: RunOptions, status=lambda msg: None) -> RunResult:
     try:
         try:
             proc = subprocess.Popen(argv, cwd=start_cwd, preexec_fn=_set_pdeathsig,
-                                    pass_fds=(gate_r,))
+                                    pass_fds=(gate_r,), env=target_env)
         finally:
             os.close(gate_r)
         target = _Target(proc, collector)
@@ -243,7 +254,7 @@ def run_session(opts: RunOptions, status=lambda msg: None) -> RunResult:
             for raw in stream:
                 collector.feed_line(raw.decode("latin-1"))
                 lines += 1
-                if not lines & 0xFF:
+                if not lines & 0x1F:
                     recorder.drain()
         rc = proc.wait()
     finally:
@@ -256,6 +267,7 @@ def run_session(opts: RunOptions, status=lambda msg: None) -> RunResult:
                 os.close(fd)
         if recorder is not None:
             recorder.stop()
+        notify_sock.close()
         shutil.rmtree(workdir, ignore_errors=True)
     ended = time.time()
 
@@ -308,6 +320,34 @@ def describe_executables(processes: list[dict]) -> list[dict]:
                 entry["missing"] = True
             seen[path] = entry
     return list(seen.values())
+
+
+class NotifyListener:
+    """A datagram socket standing in for systemd's notification socket; drained so senders never block."""
+
+    def __init__(self, path: str) -> None:
+        import socket
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        os.chmod(path, 0o600)
+        self.sock.settimeout(0.5)
+        self.messages = 0
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._drain, name="capprobe-notify", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while not self._closed.is_set():
+            try:
+                if self.sock.recv(4096):
+                    self.messages += 1
+            except OSError:
+                continue
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
 
 
 def _wait_for_writer(read_fd: int, keepalive: int, proc: subprocess.Popen) -> None:

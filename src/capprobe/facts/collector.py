@@ -69,7 +69,7 @@ class Proc:
     initial_exe: bytes | None = None  # inherited at fork, before any execve
     # (entry time, syscall, operand) of recent path/address syscalls: lets a kernel
     # capability check find the file or port it was about.
-    recent: deque = field(default_factory=lambda: deque(maxlen=32))
+    recent: deque = field(default_factory=lambda: deque(maxlen=64))
 
 
 class FactCollector:
@@ -151,8 +151,25 @@ class FactCollector:
             return None
         for entry_ts, name, operand in reversed(proc.recent):
             if entry_ts <= ts and _same_syscall(name, syscall):
+                if isinstance(operand, Syscall):
+                    found = self._lazy_operand(proc, operand)
+                    if found is None:
+                        continue  # an explicit operand of the same call may follow
+                    return found
                 return operand
         return None
+
+    def _lazy_operand(self, proc: Proc, ev: Syscall) -> str | None:
+        """The path a syscall was about, from its raw arguments (stat, access, ...)."""
+        try:
+            args = split_args(ev.args)
+            if ev.name in _DIRFD_FIRST and len(args) > 1:
+                path = self._path(proc, args[1], args[0])
+            else:
+                path = next((self._path(proc, a) for a in args if a.startswith('"')), None)
+        except (ValueError, IndexError):
+            return None
+        return encode_path(path) if path else None
 
     def first_exec_time(self, pid: int) -> float:
         """Entry time of PID's first successful execve (0 when it never exec'd)."""
@@ -216,6 +233,8 @@ class FactCollector:
         proc = self._proc(pid, ev.ts)
         proc.last_ts = ev.ts
         self._current = ev
+        # every syscall, operand worked out only if a capability check asks (cheap here)
+        proc.recent.append((ev.ts, ev.name, ev))
         if self._skip_execs and pid == self.root_pid:
             if ev.name in ("execve", "execveat") and ev.ret == 0:
                 self._root_execs += 1
@@ -591,6 +610,9 @@ class FactCollector:
         errno = ev.errno if ev.errno not in ("EINPROGRESS",) else None
         key = (addr["family"], addr.get("addr", ""), addr.get("port"), errno or "")
         self._bump(self.connects, key, proc, ev.ts)
+        if (addr["family"] == "AF_UNIX" and self.notify_socket is not None and errno is None
+                and addr.get("addr") == encode_path(self.notify_socket)):
+            self._special("sd_notify", "connect to $NOTIFY_SOCKET", proc, ev.ts)
 
     def h_accept(self, ev: Syscall, proc: Proc) -> None:
         if ev.errno or not ev.annot:
@@ -738,7 +760,14 @@ _SYSCALL_FAMILIES = [
     {"mkdir", "mkdirat"},
     {"execve", "execveat"},
     {"utimensat", "utimes", "utime", "futimesat"},
+    {"stat", "newfstatat", "lstat", "fstat", "statx"},
+    {"access", "faccessat", "faccessat2"},
 ]
+
+
+_DIRFD_FIRST = {"newfstatat", "statx", "faccessat", "faccessat2", "openat", "openat2", "readlinkat",
+                "fchownat", "fchmodat", "mkdirat", "unlinkat", "utimensat", "execveat", "mknodat",
+                "name_to_handle_at", "fspick", "open_tree"}
 
 
 def _same_syscall(strace_name: str, kernel_name: str) -> bool:

@@ -31,7 +31,8 @@ def render_unit(directives: list[Directive], options: UnitOptions, profile: dict
     for d in directives:
         if not hardening and d.hardening:
             continue
-        rendered = render_line(d.key, d.values)
+        # An empty assignment ("CapabilityBoundingSet=") is meaningful: nothing allowed.
+        rendered = render_line(d.key, d.values) if d.values else ""
         if rendered is None:
             lines.append(comment_text(f"# {d.key}: left out, a value cannot be written in unit syntax "
                                       f"({d.comment})"))

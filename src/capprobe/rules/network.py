@@ -62,7 +62,8 @@ def socket_bind(ctx: RuleContext):
     if allow:
         why = "; ".join(f"{b['family']} {b.get('type') or ''} {b.get('address')}:{b['port']} by {short_exes([b])}"
                         for b in binds)
-        yield Directive("SocketBindAllow", tuple(allow), f"binds seen: {why}")
+        for item in allow:  # systemd reads one rule per SocketBindAllow= line
+            yield Directive("SocketBindAllow", (item,), f"binds seen: {why}" if item == allow[0] else "see above")
         yield Directive("SocketBindDeny", ("any",), "no other port may be bound")
     else:
         yield Directive("SocketBindDeny", ("any",), "IP sockets, but no bind() seen")
