@@ -179,3 +179,21 @@ def test_arctic_like_workload_needs_net_admin_alone(netns, tmp_path):
     ops = {n["op"] for n in p["network"]["netlink"]}
     assert {"RTM_NEWRULE", "RTM_NEWROUTE", "NFT_MSG_NEWTABLE"} <= ops
     assert not uses(p, "CAP_NET_BIND_SERVICE") and not uses(p, "CAP_SYS_ADMIN")
+
+
+@pytest.mark.skipif(shutil.which("ip") is None, reason="iproute2 not installed")
+def test_either_or_confirmed_by_a_run_without_the_first_alternative(netns, tmp_path):
+    data, token = tmp_path / "d", tmp_path / "t"
+    data.mkdir(), token.mkdir()
+    r = capprobe_in_netns(netns, "run", "-q", "--no-unit", "--drop-cap", "CAP_NET_RAW", "-o", str(tmp_path / "p.json"),
+                          "--", sys.executable, str(WORKLOADS / "arctic_like.py"), "--data", str(data),
+                          "--token-dir", str(token))
+    assert r.returncode == 0, r.stderr
+    p = load(tmp_path / "p.json")
+    assert p["run"]["caps_at_start"]["dropped"] == ["CAP_NET_RAW"]
+    assert required(p) == ["CAP_NET_ADMIN"]
+    # the kernel denied NET_RAW for IP_TRANSPARENT and granted NET_ADMIN within the same syscall
+    denied = [u for u in p["capabilities"]["uses"] if u["capability"] == "CAP_NET_RAW"]
+    assert denied and all(u["status"] == "superseded" for u in denied)
+    granted = [u for u in uses(p, "CAP_NET_ADMIN") if u["call_site"] == "do_ip_setsockopt"]
+    assert granted and granted[0]["syscall"] == "setsockopt" and "IP_TRANSPARENT" in granted[0]["targets"]

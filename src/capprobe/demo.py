@@ -52,6 +52,16 @@ def run_demo(output: Path | None) -> int:
         save_profile(result.profile, dest, force=output is None)
         click.echo(render_summary(result.profile))
         click.echo(f"\nprofile: {dest}")
+        from .rules.base import UnitOptions
+        from .synthesis import synthesize
+        unit = synthesize(result.profile, UnitOptions(name="notes", dynamic_user=True))
+        click.echo("\n--- notes.service, synthesized from the profile (--dynamic-user) ---")
+        click.echo(unit.unit_text)
+        if unit.exposure is not None:
+            click.echo(f"exposure (systemd-analyze security --offline=yes): without hardening "
+                       f"{unit.baseline_exposure} -> with it {unit.exposure} {unit.exposure_label}")
+        for note in unit.notes:
+            click.echo(f"note: {note}")
         return result.exit_code
     finally:
         if output is None:

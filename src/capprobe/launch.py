@@ -4,7 +4,8 @@ Run as ``python3 -m capprobe.launch SPEC_JSON -- strace ...``. It runs before
 strace (not inside the trace), so the target starts the way the unit will start
 it: as the service user, with the capabilities in its ambient set.
 
-SPEC_JSON: {"uid": int|null, "gid": int|null, "groups": [int], "caps": "all"|"none"}
+SPEC_JSON: {"uid": int|null, "gid": int|null, "groups": [int], "caps": "all"|"none",
+            "drop": [capability numbers to leave out]}
 (an empty object changes nothing). With ``--gate FD`` it first waits until FD
 reaches EOF: capprobe arms the kernel capability probe on this pid meanwhile,
 so the first check of the target is already seen.
@@ -70,9 +71,13 @@ def _capset(mask: int, inheritable: int) -> None:
 def apply_spec(spec: dict) -> None:
     """Change identity and capability sets of this process as SPEC says."""
     caps = spec.get("caps", "all")
-    if caps == "all" and spec.get("uid") is None:
+    drop = set(spec.get("drop", []))
+    if caps == "all" and spec.get("uid") is None and not drop:
         return
     top = last_cap()
+    for cap in sorted(drop):
+        # out of the bounding set: no exec'd program (strace, the target) gets it back
+        _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "drop bounding set")
     if caps == "none":
         for cap in range(top + 1):
             _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "drop bounding set")
@@ -86,6 +91,8 @@ def apply_spec(spec: dict) -> None:
         _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient")
     elif spec.get("uid") is not None:
         full = permitted_mask()  # the bounding set may lack some (containers do)
+        for cap in drop:
+            full &= ~(1 << cap)
         # setuid() cleared the effective set; raising inheritable needs
         # CAP_SETPCAP effective, so restore effective first.
         _capset(full, 0)

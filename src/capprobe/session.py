@@ -66,6 +66,7 @@ class RunOptions:
     group: str | None = None
     caps: str = "all"  # "all": keep every capability (ambient for --user); "none": drop all
     cap_probe: str = "auto"  # "auto" | "off"
+    drop_caps: list[str] = field(default_factory=list)  # e.g. ["CAP_NET_RAW"]: confirm an either-or choice
     cwd: str | None = None
 
 
@@ -92,9 +93,14 @@ def resolve_command(argv0: str) -> str:
 
 def identity_spec(opts: RunOptions) -> dict | None:
     """What the launcher must change before strace runs, or None to start as we are."""
-    if opts.user is None and opts.caps == "all":
+    if opts.user is None and opts.caps == "all" and not opts.drop_caps:
         return None
-    spec: dict = {"caps": opts.caps, "uid": None, "gid": None, "groups": []}
+    from .capabilities import cap_number
+    try:
+        drop = sorted({cap_number(c) for c in opts.drop_caps})
+    except ValueError as e:
+        raise SessionError(f"capprobe: {e}") from None
+    spec: dict = {"caps": opts.caps, "uid": None, "gid": None, "groups": [], "drop": drop}
     if opts.user is not None:
         try:
             pw = pwd.getpwnam(opts.user) if not opts.user.isdigit() else pwd.getpwuid(int(opts.user))
@@ -110,7 +116,7 @@ def identity_spec(opts: RunOptions) -> dict | None:
         spec.update(uid=pw.pw_uid, gid=gid,
                     groups=sorted({gid, *os.getgrouplist(pw.pw_name, gid)}))
     if os.geteuid() != 0:
-        raise SessionError("capprobe: --user and --caps need root")
+        raise SessionError("capprobe: --user, --caps and --drop-cap need root")
     return spec
 
 
@@ -399,8 +405,12 @@ def _name(uid: int) -> str | None:
 
 
 def _caps_label(spec: dict | None) -> dict:
+    from .capabilities import cap_name
     if spec is None:
         return {"set": "inherited from capprobe (all, if run as root)"}
     if spec["caps"] == "none":
         return {"set": "none", "bounding": [], "ambient": []}
-    return {"set": "all", "ambient": "all in the bounding set" if spec.get("uid") is not None else []}
+    label = {"set": "all", "ambient": "all in the bounding set" if spec.get("uid") is not None else []}
+    if spec.get("drop"):
+        label["dropped"] = [cap_name(c) for c in spec["drop"]]
+    return label
