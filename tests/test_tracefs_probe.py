@@ -34,9 +34,11 @@ needs_probe = pytest.mark.skipif(_REASON is not None, reason=f"capability probe 
 pytestmark = pytest.mark.root
 
 
-def our_instances():
+def our_instances(owner: int | None = None):
+    """Instances owned by this test process (or OWNER): other sessions may run on the machine."""
+    prefix = f"{INSTANCE_PREFIX}{owner or os.getpid()}-"
     instances = tracefs.TRACEFS / "instances"
-    return sorted(p.name for p in instances.iterdir() if p.name.startswith(INSTANCE_PREFIX))
+    return sorted(p.name for p in instances.iterdir() if p.name.startswith(prefix))
 
 
 class HeldChild:
@@ -228,15 +230,15 @@ def test_instance_of_sigkilled_owner_is_reclaimed_by_next_probe():
     try:
         name = holder.stdout.readline().strip()
         assert name.startswith(f"{INSTANCE_PREFIX}{holder.pid}-")
-        assert name in our_instances()
+        assert name in our_instances(holder.pid)
         # a live owner's instance must not be reclaimed
         assert name not in tracefs.reclaim_stale_instances()
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=10)
-        assert name in our_instances()  # SIGKILL skipped the cleanup
+        assert name in our_instances(holder.pid)  # SIGKILL skipped the cleanup
         child = HeldChild(["/bin/true"])
         with CapabilityProbe(child.pid):
-            assert name not in our_instances()
+            assert name not in our_instances(holder.pid)
             child.release()
             child.wait()
     finally:

@@ -1,0 +1,684 @@
+#!/usr/bin/env python3
+"""Runs INSIDE the nspawn guest, as root, under the guest's real systemd (PID 1).
+
+For each reference workload, as an operator would on a staging host:
+  a. profile it with `python3 -m capprobe run` (inside the guest),
+  b. synthesize the unit with `capprobe unit ... --setup`, run the setup script,
+     install the unit into /etc/systemd/system, daemon-reload, start it,
+  c. check the service works,
+  d. check the unit denies: a probe unit is the same unit file with ExecStart=
+     replaced by probe.py (Type=oneshot); a control unit runs the same probe with
+     only the unit's identity (User=/DynamicUser=) and no hardening. A denial
+     counts only if the control was allowed the same thing, so nothing passes
+     because the guest refused it anyway,
+  e. records `systemd-analyze security` exposure of the installed unit.
+Prints one PASS/FAIL line per check, `N passed, N failed`, the exposure table;
+writes /mnt/vmtest/results/results.json for the host; exits 0 only if all passed.
+"""
+
+import errno
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+VT = Path("/mnt/vmtest")
+RESULTS = VT / "results"
+WORK = Path("/root/vt")                     # profiles, generated units, setup scripts
+LIB = Path("/usr/local/lib/vmtest")         # scripts the services run (readable by all)
+OPEN_DIR = Path("/var/vt-open")            # world-writable, outside every unit's write paths
+SECRET = OPEN_DIR / "secret"               # 0600, owned by uid 4242: DAC probe
+PROBE_OUT = Path("/run/vt-probe")
+LOCAL_EXTRA = "10.99.0.1"                  # a local address that is not localhost
+CAPPROBE = [sys.executable, "-m", "capprobe"]
+
+checks: list[dict] = []
+exposures: list[dict] = []
+notes: list[str] = []
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def check(workload: str, name: str, ok: bool, detail: str = "") -> bool:
+    checks.append({"workload": workload, "name": name, "ok": bool(ok), "detail": detail})
+    say(f"{'PASS' if ok else 'FAIL'} {workload}: {name}" + (f" -- {detail}" if detail else ""))
+    return ok
+
+
+def info(workload: str, text: str) -> None:
+    notes.append(f"{workload}: {text}")
+    say(f"INFO {workload}: {text}")
+
+
+def sh(cmd, check_rc=False, timeout=120, **kw) -> subprocess.CompletedProcess:
+    if isinstance(cmd, str):
+        cmd = ["sh", "-c", cmd]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    if check_rc and r.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} -> {r.returncode}: {r.stderr.strip()[-800:]}")
+    return r
+
+
+def wait_for(pred, timeout=15.0, step=0.2) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def http_get(url: str) -> tuple[str, str]:
+    r = sh(["curl", "-s", "-m", "5", "-o", "/dev/stdout", "-w", "\n%{http_code}", url])
+    body, _, code = r.stdout.rpartition("\n")
+    return code.strip(), body
+
+
+# ---------------------------------------------------------------- unit files
+
+def unit_values(text: str, key: str) -> list[str] | None:
+    """All words assigned to KEY (assignments accumulate; an empty one resets); None if absent."""
+    found, words = False, []
+    for line in text.splitlines():
+        if line.startswith(key + "="):
+            found = True
+            value = line[len(key) + 1:]
+            words = [] if value == "" else words + shlex.split(value)
+    return words if found else None
+
+
+def probe_unit(unit_text: str, probe_cmd: str, out: Path) -> str:
+    """The unit's own sandbox, with the probe as its only (oneshot) process."""
+    drop = {"ExecStart", "ExecStartPre", "ExecStartPost", "ExecReload", "ExecStop", "ExecStopPost",
+            "Type", "Restart", "RestartSec", "PIDFile", "NotifyAccess", "WatchdogSec",
+            "RemainAfterExit", "StandardOutput", "StandardError", "TimeoutStartSec", "TimeoutStopSec",
+            "KillMode", "KillSignal", "SuccessExitStatus"}
+    lines, section = [], None
+    for line in unit_text.splitlines():
+        if line.startswith("["):
+            section = line
+            if section == "[Install]":
+                break
+        elif "=" in line and not line.startswith("#") and line.split("=", 1)[0] in drop:
+            continue
+        lines.append(line)
+        if line == "[Service]":
+            lines += ["Type=oneshot", f"ExecStart={probe_cmd}", f"StandardOutput=truncate:{out}",
+                      "StandardError=journal", "TimeoutStartSec=60"]
+    return "\n".join(lines) + "\n"
+
+
+def control_unit(unit_text: str, probe_cmd: str, out: Path) -> str:
+    """Only the identity of the unit (who runs it), no hardening at all."""
+    keep = {"User", "Group", "DynamicUser", "SupplementaryGroups"}
+    ident = [line for line in unit_text.splitlines()
+             if "=" in line and not line.startswith("#") and line.split("=", 1)[0] in keep]
+    return "\n".join(["[Unit]", "Description=vm-tests control probe", "", "[Service]", "Type=oneshot",
+                      *ident, f"ExecStart={probe_cmd}", f"StandardOutput=truncate:{out}",
+                      "StandardError=journal", "TimeoutStartSec=60", ""])
+
+
+PROBE_SOURCE = r'''
+import errno, json, os, socket, sys
+spec = json.load(open(sys.argv[1]))
+res = {"uid": os.getuid()}
+def attempt(name, fn):
+    try:
+        fn()
+        res[name] = "OK"
+    except OSError as e:
+        res[name] = errno.errorcode.get(e.errno, str(e.errno))
+    except Exception as e:
+        res[name] = "EXC:" + type(e).__name__ + ":" + str(e)
+def write():
+    p = os.path.join(spec["open_dir"], "probe-%d" % os.getpid())
+    fd = os.open(p, os.O_CREAT | os.O_WRONLY, 0o644)
+    os.close(fd)
+    os.unlink(p)
+attempt("write", write)
+def fam():
+    f = getattr(socket, spec["family"])
+    kind = {"AF_NETLINK": socket.SOCK_RAW, "AF_PACKET": socket.SOCK_RAW}.get(spec["family"], socket.SOCK_DGRAM)
+    socket.socket(f, kind, 0).close()
+attempt("family", fam)
+def raw():
+    socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP).close()
+attempt("cap_net_raw", raw)
+def dac():
+    open(spec["secret"]).close()
+attempt("cap_dac", dac)
+def tun():
+    os.close(os.open("/dev/net/tun", os.O_RDWR))
+attempt("device", tun)
+def bind():
+    fam = socket.AF_INET6 if spec.get("bind_family") == "AF_INET6" else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("::1" if fam == socket.AF_INET6 else "127.0.0.1", spec["port"]))
+    finally:
+        s.close()
+attempt("bind", bind)
+def ipdeny():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.sendto(b"x", (spec["ip"], 9))
+    finally:
+        s.close()
+attempt("ipdeny", ipdeny)
+for line in open("/proc/self/status"):
+    if line.startswith(("CapEff", "CapBnd", "CapAmb", "CapPrm")):
+        k, v = line.split(":")
+        res[k] = int(v.strip(), 16)
+print(json.dumps(res))
+'''
+
+CAP_NUMBERS = {
+    "CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_DAC_READ_SEARCH": 2, "CAP_FOWNER": 3, "CAP_FSETID": 4,
+    "CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_SETPCAP": 8, "CAP_LINUX_IMMUTABLE": 9,
+    "CAP_NET_BIND_SERVICE": 10, "CAP_NET_BROADCAST": 11, "CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13,
+    "CAP_IPC_LOCK": 14, "CAP_IPC_OWNER": 15, "CAP_SYS_MODULE": 16, "CAP_SYS_RAWIO": 17,
+    "CAP_SYS_CHROOT": 18, "CAP_SYS_PTRACE": 19, "CAP_SYS_PACCT": 20, "CAP_SYS_ADMIN": 21,
+    "CAP_SYS_BOOT": 22, "CAP_SYS_NICE": 23, "CAP_SYS_RESOURCE": 24, "CAP_SYS_TIME": 25,
+    "CAP_SYS_TTY_CONFIG": 26, "CAP_MKNOD": 27, "CAP_LEASE": 28, "CAP_AUDIT_WRITE": 29,
+    "CAP_AUDIT_CONTROL": 30, "CAP_SETFCAP": 31, "CAP_MAC_OVERRIDE": 32, "CAP_MAC_ADMIN": 33,
+    "CAP_SYSLOG": 34, "CAP_WAKE_ALARM": 35, "CAP_BLOCK_SUSPEND": 36, "CAP_AUDIT_READ": 37,
+    "CAP_PERFMON": 38, "CAP_BPF": 39, "CAP_CHECKPOINT_RESTORE": 40,
+}
+
+
+def cap_names(mask: int) -> list[str]:
+    return sorted(n for n, b in CAP_NUMBERS.items() if mask >> b & 1)
+
+
+def run_probe_unit(name: str, text: str, out: Path) -> dict | None:
+    path = Path("/etc/systemd/system") / f"{name}.service"
+    path.write_text(text)
+    sh(["systemctl", "daemon-reload"])
+    out.unlink(missing_ok=True)
+    r = sh(["systemctl", "start", f"{name}.service"], timeout=90)
+    try:
+        return json.loads(out.read_text())
+    except (OSError, ValueError):
+        j = sh(["journalctl", "-q", "--no-pager", "-n", "20", "-u", f"{name}.service"]).stdout
+        say(f"  probe unit {name} gave no result (systemctl start rc={r.returncode}: {r.stderr.strip()})\n{j}")
+        return None
+    finally:
+        sh(["systemctl", "reset-failed", f"{name}.service"])
+
+
+def deny_checks(wl: str, unit_name: str, unit_text: str) -> None:
+    """Run the probe inside the unit's sandbox and under a control unit; compare."""
+    families = unit_values(unit_text, "RestrictAddressFamilies")
+    listed = set(families or [])
+    runs_as_root = not (unit_values(unit_text, "User") or unit_values(unit_text, "DynamicUser") == ["yes"])
+    candidates = ["AF_UNIX", "AF_NETLINK", "AF_INET6", "AF_INET"] + (["AF_PACKET"] if runs_as_root else [])
+    if families == ["none"]:
+        listed = set()
+    unlisted = next((f for f in candidates if f not in listed), "AF_UNIX")
+    allow_bind = unit_values(unit_text, "SocketBindAllow")
+    allowed_ports = set()
+    for item in allow_bind or []:
+        m = re.search(r"(\d+)(?:-(\d+))?$", item)
+        if m:
+            lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+            allowed_ports.update(range(lo, hi + 1))
+    port = next(p for p in range(18081, 18200) if p not in allowed_ports)
+    bind_family = "AF_INET" if (not families or "AF_INET" in listed) else "AF_INET6"
+    spec = {"open_dir": str(OPEN_DIR), "family": unlisted, "secret": str(SECRET), "port": port,
+            "bind_family": bind_family, "ip": LOCAL_EXTRA}
+    spec_path = LIB / f"probe-{wl}.json"
+    spec_path.write_text(json.dumps(spec))
+    cmd = f"/usr/bin/python3 {LIB}/probe.py {spec_path}"
+    PROBE_OUT.mkdir(exist_ok=True)
+    sandbox = run_probe_unit(f"{unit_name}-probe", probe_unit(unit_text, cmd, PROBE_OUT / f"{wl}-sandbox.json"),
+                             PROBE_OUT / f"{wl}-sandbox.json")
+    control = run_probe_unit(f"{unit_name}-control", control_unit(unit_text, cmd, PROBE_OUT / f"{wl}-control.json"),
+                             PROBE_OUT / f"{wl}-control.json")
+    if sandbox is None or control is None:
+        check(wl, "deny probes ran", False, "probe or control unit produced no result (see above)")
+        return
+    say(f"  probe sandbox={json.dumps(sandbox, sort_keys=True)}")
+    say(f"  probe control={json.dumps(control, sort_keys=True)}")
+
+    def denial(key: str, what: str, expect: set[str], applies: bool = True, why_na: str = "") -> None:
+        if not applies:
+            info(wl, f"deny {what}: not applicable ({why_na})")
+            return
+        if control.get(key) != "OK":
+            info(wl, f"deny {what}: not tested, the control (no hardening) is refused too: {control.get(key)}")
+            return
+        got = sandbox.get(key)
+        check(wl, f"denies {what}", got in expect,
+              f"sandbox {got} (expected {'/'.join(sorted(expect))}), control OK")
+
+    denial("write", f"write outside its write paths ({OPEN_DIR}/, mode 1777)", {"EROFS"})
+    denial("family", f"socket({unlisted}) (RestrictAddressFamilies={' '.join(families or ['<absent>'])})",
+           {"EAFNOSUPPORT"})
+    # capabilities: the sandbox's bounding set is exactly what the unit grants
+    granted = unit_values(unit_text, "CapabilityBoundingSet")
+    if granted is None:
+        check(wl, "drops capabilities", False, "no CapabilityBoundingSet= in the unit")
+    else:
+        want = sorted(c for c in granted if c.startswith("CAP_"))
+        got = cap_names(sandbox.get("CapBnd", 0))
+        check(wl, "bounding set is the unit's", got == want, f"CapBnd {' '.join(got) or '(empty)'}; "
+              f"unit {' '.join(want) or '(empty)'}; CapEff {' '.join(cap_names(sandbox.get('CapEff', 0))) or '(empty)'}")
+        # and one dropped capability refused in action (root units: the control holds them all)
+        if "CAP_NET_RAW" not in want and (not families or "AF_INET" in listed):
+            denial("cap_net_raw", "a raw socket (CAP_NET_RAW dropped)", {"EPERM"})
+        elif not ({"CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH"} & set(want)):
+            denial("cap_dac", "reading another user's 0600 file (CAP_DAC_OVERRIDE dropped)", {"EACCES"})
+        else:
+            info(wl, "no dropped capability with a harmless action probe")
+    private_devices = unit_values(unit_text, "PrivateDevices") == ["yes"]
+    denial("device", "opening /dev/net/tun (PrivateDevices=yes)", {"ENOENT"}, private_devices,
+           "PrivateDevices is not yes")
+    denial("bind", f"binding an unlisted port {port} (SocketBindAllow={' '.join(allow_bind or [])})",
+           {"EPERM", "EACCES"}, allow_bind is not None, "no SocketBindAllow=")
+    ipdeny = unit_values(unit_text, "IPAddressDeny")
+    denial("ipdeny", f"sending to {LOCAL_EXTRA} (IPAddressAllow={' '.join(unit_values(unit_text, 'IPAddressAllow') or [])}"
+           f" IPAddressDeny={' '.join(ipdeny or [])})", {"EPERM"},
+           bool(ipdeny) and (not families or "AF_INET" in listed), "no IPAddressDeny= (or no AF_INET)")
+    for name in (f"{unit_name}-probe", f"{unit_name}-control"):
+        (Path("/etc/systemd/system") / f"{name}.service").unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- the pipeline
+
+class Workload:
+    name = ""
+    unit = ""
+    identity: list[str] = []      # options for `capprobe unit`: --user X / --dynamic-user
+    run_user: str | None = None   # `capprobe run --user`
+    duration: float | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def prepare(self) -> None: ...
+    def exercise(self) -> None: ...          # while being profiled
+    def between(self) -> None: ...           # after profiling, before the unit starts
+    def works(self) -> None: ...             # checks on the running (or finished) unit
+    def finish(self) -> None: ...
+
+    def profile(self) -> dict | None:
+        d = WORK / self.name
+        d.mkdir(parents=True, exist_ok=True)
+        prof = d / f"{self.name}.profile.json"
+        cmd = [*CAPPROBE, "run", "--force", "-o", str(prof), "--unit", self.unit]
+        if self.run_user:
+            cmd += ["--user", self.run_user]
+        if self.duration:
+            cmd += ["--duration", str(self.duration), "--grace", "3"]
+        cmd += ["--", *self.command()]
+        say(f"  $ {shlex.join(cmd)}")
+        t0 = time.monotonic()
+        log = open(d / "capprobe-run.log", "w")
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=d)
+        try:
+            self.exercise()
+        except Exception as e:  # the exerciser only makes the profile richer
+            info(self.name, f"exercise during profiling failed: {e}")
+        try:
+            rc = p.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rc = p.wait()
+        log.close()
+        text = (d / "capprobe-run.log").read_text()
+        for line in text.splitlines():
+            say(f"  | {line}")
+        ok = prof.exists() and (d / f"{self.unit}.service").exists()
+        check(self.name, "capprobe run wrote profile and unit", ok,
+              f"exit {rc} in {time.monotonic() - t0:.1f} s")
+        if not ok:
+            return None
+        data = json.loads(prof.read_text())
+        caps = data.get("capabilities", {})
+        method = caps.get("method")
+        why = caps.get("why_no_kernel_probe") or caps.get("why") or ""
+        info(self.name, f"capabilities {method}{' (' + why + ')' if why else ''}: "
+             f"{' '.join(caps.get('required', [])) or 'none'}")
+        return data
+
+    def install(self, prof_path: Path) -> str | None:
+        d = WORK / self.name
+        dest = Path("/etc/systemd/system") / f"{self.unit}.service"
+        setup = d / "setup.sh"
+        cmd = [*CAPPROBE, "unit", str(prof_path), *self.identity, "--name", self.unit, "-o", str(dest),
+               "--setup", str(setup), "--force"]
+        r = sh(cmd)
+        for line in (r.stdout + r.stderr).splitlines():
+            say(f"  | {line}")
+        if not check(self.name, "capprobe unit --setup", r.returncode == 0 and dest.exists() and setup.exists(),
+                     f"exit {r.returncode}"):
+            return None
+        r = sh(["sh", str(setup)])
+        if not check(self.name, "setup script runs", r.returncode == 0, (r.stdout + r.stderr).strip()[-300:]):
+            return None
+        shutil.copy2(dest, RESULTS / f"{self.unit}.service")
+        shutil.copy2(setup, RESULTS / f"{self.unit}.setup.sh")
+        shutil.copy2(prof_path, RESULTS / f"{self.unit}.profile.json")
+        sh(["systemctl", "daemon-reload"])
+        return dest.read_text()
+
+    def start(self) -> bool:
+        r = sh(["systemctl", "start", f"{self.unit}.service"], timeout=90)
+        return check(self.name, f"systemctl start {self.unit}", r.returncode == 0, r.stderr.strip()[-300:])
+
+    def journal(self) -> str:
+        return sh(["journalctl", "-q", "--no-pager", "-n", "25", "-o", "cat", "-u", f"{self.unit}.service"]).stdout
+
+    def exposure(self) -> None:
+        r = sh(["systemd-analyze", "security", "--no-pager", f"{self.unit}.service"])
+        m = re.search(r"Overall exposure level for \S+: ([0-9.]+) (\w+)", r.stdout + r.stderr)
+        value = f"{m.group(1)} {m.group(2)}" if m else "?"
+        exposures.append({"workload": self.name, "unit": f"{self.unit}.service", "exposure": value})
+        check(self.name, "systemd-analyze security scored the installed unit", m is not None, value)
+
+    def run(self) -> None:
+        say(f"=== {self.name}")
+        t0 = time.monotonic()
+        try:
+            self.prepare()
+            data = self.profile()
+            if data is None:
+                return
+            self.between()
+            text = self.install(WORK / self.name / f"{self.name}.profile.json")
+            if text is None:
+                return
+            if self.start():
+                self.works()
+            else:
+                say(self.journal())
+            deny_checks(self.name, self.unit, text)
+            self.exposure()
+        except Exception as e:
+            check(self.name, "ran to the end", False, f"{type(e).__name__}: {e}")
+            traceback.print_exc(file=sys.stdout)
+        finally:
+            sh(["systemctl", "stop", f"{self.unit}.service"])
+            try:
+                self.finish()
+            except Exception as e:
+                info(self.name, f"clean-up: {e}")
+            say(f"  ({self.name}: {time.monotonic() - t0:.1f} s)")
+
+
+class Nginx(Workload):
+    name, unit, duration = "nginx", "vt-nginx", 5
+
+    def command(self):
+        return ["/usr/sbin/nginx", "-g", "daemon off;"]
+
+    def exercise(self):
+        if wait_for(lambda: port_open(80), 10):
+            for _ in range(3):
+                http_get("http://127.0.0.1/")
+
+    def works(self):
+        wait_for(lambda: port_open(80), 10)
+        code, _ = http_get("http://127.0.0.1/")
+        if not check(self.name, "serves HTTP 200 under the unit", code == "200", f"HTTP {code}"):
+            say(self.journal())
+
+
+class Caddy(Workload):
+    name, unit, duration, run_user = "caddy", "vt-caddy", 5, "caddy"
+    identity = ["--user", "caddy"]
+
+    def prepare(self):
+        Path("/etc/caddy/Caddyfile").write_text(':80 {\n\trespond "ok"\n}\n')
+
+    def command(self):
+        return ["/usr/bin/caddy", "run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"]
+
+    def exercise(self):
+        if wait_for(lambda: port_open(80), 10):
+            for _ in range(3):
+                http_get("http://127.0.0.1/")
+
+    def works(self):
+        wait_for(lambda: port_open(80), 10)
+        code, body = http_get("http://127.0.0.1/")
+        if not check(self.name, "answers HTTP 200 \"ok\" under the unit", code == "200" and body == "ok",
+                     f"HTTP {code} {body[:40]!r}"):
+            say(self.journal())
+
+
+DNESS_SCRIPT = '''#!/usr/bin/python3
+"""dness-like: read a config, look up the current address over HTTP, report (oneshot)."""
+import configparser, sys, urllib.request
+cfg = configparser.ConfigParser()
+with open(sys.argv[1]) as f:
+    cfg.read_file(f)
+url = cfg["dness"]["ip_url"]
+with urllib.request.urlopen(url, timeout=5) as r:
+    ip = r.read().decode().strip()
+print(f"dness-like: {cfg['dness']['domain']} -> {ip}: up to date")
+'''
+
+
+class Dness(Workload):
+    name, unit, run_user = "dness", "vt-dness", "nobody"
+    identity = ["--dynamic-user"]
+    server = None
+
+    def prepare(self):
+        (LIB / "dness-like").write_text(DNESS_SCRIPT)
+        os.chmod(LIB / "dness-like", 0o755)
+        Path("/etc/dness-like.conf").write_text(
+            "[dness]\nip_url = http://127.0.0.1:8053/ip\ndomain = home.example.org\n")
+        www = Path("/srv/dness-www")
+        www.mkdir(parents=True, exist_ok=True)
+        (www / "ip").write_text("203.0.113.7\n")
+        self.log = open("/root/vt/http-server.log", "w")
+        self.server = subprocess.Popen([sys.executable, "-m", "http.server", "8053", "--bind", "127.0.0.1",
+                                        "--directory", str(www)], stdout=self.log, stderr=subprocess.STDOUT)
+        if not wait_for(lambda: port_open(8053), 10):
+            raise RuntimeError("local http.server did not come up")
+
+    def command(self):
+        return [str(LIB / "dness-like"), "/etc/dness-like.conf"]
+
+    def gets(self) -> int:
+        self.log.flush()
+        return Path("/root/vt/http-server.log").read_text().count('"GET /ip ')
+
+    def start(self):
+        self.before = self.gets()
+        return super().start()
+
+    def works(self):
+        wait_for(lambda: sh(["systemctl", "is-active", f"{self.unit}.service"]).stdout.strip()
+                 not in ("active", "activating", "deactivating"), 30)
+        r = sh(["systemctl", "show", "-p", "Result,ExecMainStatus", f"{self.unit}.service"])
+        props = dict(line.split("=", 1) for line in r.stdout.split())
+        ok = props.get("Result") == "success" and props.get("ExecMainStatus") == "0"
+        if not check(self.name, "oneshot succeeded under the unit", ok,
+                     f"Result={props.get('Result')} ExecMainStatus={props.get('ExecMainStatus')}"):
+            say(self.journal())
+        got = self.gets() - self.before
+        check(self.name, "it fetched its address from the local server", got >= 1, f"{got} GET /ip")
+
+    def finish(self):
+        if self.server:
+            self.server.terminate()
+            self.server.wait()
+
+
+class Restic(Workload):
+    name, unit, run_user = "restic", "vt-restic", "nobody"
+    identity = ["--user", "nobody"]
+    base = ["/usr/bin/restic", "-r", "/var/lib/vt-restic/repo", "--password-file", "/etc/vt-restic.pass",
+            "--cache-dir", "/var/lib/vt-restic/cache"]
+
+    def prepare(self):
+        data = Path("/srv/vt-data")
+        (data / "sub").mkdir(parents=True, exist_ok=True)
+        for i in range(5):
+            (data / f"file{i}.txt").write_text(f"payload {i}\n" * 100)
+        (data / "sub" / "deep.bin").write_bytes(os.urandom(200_000))
+        Path("/var/lib/vt-restic").mkdir(parents=True, exist_ok=True)
+        shutil.chown("/var/lib/vt-restic", "nobody", "nogroup")
+        pw = Path("/etc/vt-restic.pass")
+        pw.write_text("correct horse battery staple\n")
+        shutil.chown(pw, "nobody", "nogroup")
+        os.chmod(pw, 0o400)
+        sh(["runuser", "-u", "nobody", "--", *self.base, "init"], check_rc=True)
+
+    def command(self):
+        return [*self.base, "backup", "/srv/vt-data"]
+
+    def snapshots(self) -> int:
+        r = sh(["runuser", "-u", "nobody", "--", *self.base, "snapshots", "--json"])
+        try:
+            return len(json.loads(r.stdout) or [])
+        except ValueError:
+            return -1
+
+    def between(self):
+        # new data, so the unit's backup writes new pack files, not only a snapshot
+        (Path("/srv/vt-data") / "new.bin").write_bytes(os.urandom(300_000))
+        self.before = self.snapshots()
+
+    def works(self):
+        wait_for(lambda: sh(["systemctl", "is-active", f"{self.unit}.service"]).stdout.strip()
+                 not in ("active", "activating", "deactivating"), 60)
+        r = sh(["systemctl", "show", "-p", "Result,ExecMainStatus", f"{self.unit}.service"])
+        props = dict(line.split("=", 1) for line in r.stdout.split())
+        ok = props.get("Result") == "success" and props.get("ExecMainStatus") == "0"
+        if not check(self.name, "backup succeeded under the unit", ok,
+                     f"Result={props.get('Result')} ExecMainStatus={props.get('ExecMainStatus')}"):
+            say(self.journal())
+        after = self.snapshots()
+        check(self.name, "a new snapshot is listed", after == self.before + 1,
+              f"snapshots {self.before} -> {after}")
+
+
+class Arctic(Workload):
+    name, unit, duration = "arctic", "vt-arctic", 5
+    args = ["--data", "/var/lib/arctic", "--token-dir", "/var/lib/arctic-token", "--hold", "30"]
+
+    def prepare(self):
+        if not Path("/dev/net/tun").exists():
+            raise RuntimeError("/dev/net/tun missing in the guest")
+        shutil.copy2(VT / "workloads" / "arctic_like.py", LIB / "arctic_like.py")
+        for d in ("/var/lib/arctic", "/var/lib/arctic-token"):
+            Path(d).mkdir(parents=True, exist_ok=True)
+
+    def command(self):
+        return ["/usr/bin/python3", str(LIB / "arctic_like.py"), *self.args]
+
+    def cleanup_net(self):
+        sh("ip rule del priority 1000 fwmark 1 table 100; ip route flush table 100; "
+           "nft delete table inet arctic")
+
+    def between(self):
+        # what the profiling run left behind would make the unit's run fail with EEXIST
+        self.cleanup_net()
+        for f in ("/var/lib/arctic-token/recovery.token", "/var/lib/arctic/peer.key"):
+            Path(f).unlink(missing_ok=True)
+
+    def works(self):
+        token = Path("/var/lib/arctic-token/recovery.token")
+        if not check(self.name, "token file written under the unit", wait_for(token.exists, 15), str(token)):
+            say(self.journal())
+        r = sh(["ip", "-d", "link", "show", "arc0"])
+        check(self.name, "TUN device arc0 exists", r.returncode == 0 and "tun" in r.stdout,
+              (r.stdout + r.stderr).strip().splitlines()[0] if (r.stdout + r.stderr).strip() else "")
+        r = sh(["ip", "rule", "show"])
+        check(self.name, "ip rule fwmark 0x1 lookup 100 exists", "fwmark 0x1 lookup 100" in r.stdout,
+              " | ".join(r.stdout.strip().splitlines()))
+        r = sh(["ip", "route", "show", "table", "100"])
+        check(self.name, "route 10.77.0.0/24 in table 100", "10.77.0.0/24" in r.stdout, r.stdout.strip())
+        r = sh(["nft", "list", "table", "inet", "arctic"])
+        check(self.name, "nft table inet arctic exists", r.returncode == 0, (r.stdout + r.stderr).strip()[:80])
+        r = sh(["ss", "-Hltnu"])
+        ports = set(re.findall(r":(\d+)\s", r.stdout))
+        check(self.name, "listens on 8080, 61000 and UDP 51840", {"8080", "61000", "51840"} <= ports,
+              " ".join(sorted(ports)))
+
+    def finish(self):
+        self.cleanup_net()
+
+
+WORKLOADS = {w.name: w for w in (Nginx, Caddy, Dness, Restic, Arctic)}
+
+
+def environment() -> None:
+    """Facts about the guest worth recording, and what every workload shares."""
+    for d in (WORK, LIB, PROBE_OUT):
+        d.mkdir(parents=True, exist_ok=True)
+    os.chmod(LIB, 0o755)
+    (LIB / "probe.py").write_text(PROBE_SOURCE)
+    OPEN_DIR.mkdir(exist_ok=True)
+    os.chmod(OPEN_DIR, 0o1777)
+    SECRET.write_text("secret\n")
+    os.chown(SECRET, 4242, 4242)
+    os.chmod(SECRET, 0o600)
+    sh(["ip", "addr", "add", f"{LOCAL_EXTRA}/32", "dev", "lo"])
+    pid1 = Path("/proc/1/comm").read_text().strip()
+    ver = sh(["systemctl", "--version"]).stdout.splitlines()[0]
+    tracing = "mounted" if Path("/sys/kernel/tracing/instances").is_dir() else "not mounted"
+    say(f"guest: PID 1 is {pid1} ({ver}); kernel {os.uname().release}; /sys/kernel/tracing {tracing}; "
+        f"/dev/net/tun {'present' if Path('/dev/net/tun').exists() else 'MISSING'}")
+    check("guest", "PID 1 is systemd", pid1 == "systemd", pid1)
+    import click
+    say(f"guest: python {sys.version.split()[0]}, click {click.__version__}")
+
+
+def main() -> int:
+    t0 = time.monotonic()
+    RESULTS.mkdir(exist_ok=True)
+    try:
+        wanted = json.loads((VT / "workloads.json").read_text()) or list(WORKLOADS)
+    except (OSError, ValueError):
+        wanted = list(WORKLOADS)
+    try:
+        environment()
+        unknown = [w for w in wanted if w not in WORKLOADS]
+        if unknown:
+            check("guest", "known workloads", False, f"unknown: {' '.join(unknown)}; "
+                  f"known: {' '.join(WORKLOADS)}")
+        for name in wanted:
+            if name in WORKLOADS:
+                WORKLOADS[name]().run()
+    except Exception as e:
+        check("guest", "payload ran to the end", False, f"{type(e).__name__}: {e}")
+        traceback.print_exc(file=sys.stdout)
+    finally:
+        passed = sum(c["ok"] for c in checks)
+        failed = len(checks) - passed
+        (RESULTS / "results.json").write_text(json.dumps(
+            {"checks": checks, "exposure": exposures, "notes": notes,
+             "seconds": round(time.monotonic() - t0, 1)}, indent=1))
+        say("")
+        say(f"{'workload':<10} {'unit':<26} exposure")
+        for row in exposures:
+            say(f"{row['workload']:<10} {row['unit']:<26} {row['exposure']}")
+        say(f"{passed} passed, {failed} failed")
+    return 0 if failed == 0 and passed > 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
