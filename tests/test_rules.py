@@ -242,3 +242,18 @@ def test_control_groups():
     assert decide(kernel.protect_control_groups, profile())["ProtectControlGroups"] == ("yes",)
     w = profile(files=[f("/sys/fs/cgroup/x/cgroup.procs", "write")])
     assert decide(kernel.protect_control_groups, w)["ProtectControlGroups"] == ("no",)
+
+
+def test_hash_fan_out_directories_grant_their_parent():
+    p = profile(files=[f("/srv/repo/data/3f/aa11", "create", "write"), f("/srv/repo/data/6e/bb22", "create"),
+                       f("/srv/repo/index/cc33", "create")])
+    assert decide(filesystem.read_write_paths, p)["ReadWritePaths"] == (b"/srv/repo/data", b"/srv/repo/index")
+    single = profile(files=[f("/srv/repo/data/3f/aa11", "create")])
+    assert decide(filesystem.read_write_paths, single)["ReadWritePaths"] == (b"/srv/repo/data/3f",)
+
+
+def test_capprobes_own_notify_socket_does_not_count_as_shared_tmp():
+    p = profile(connects=[{"family": "AF_UNIX", "address": "/tmp/capprobe-run-1-x/notify", "port": None, **BY}])
+    assert decide(filesystem.private_tmp, p)["PrivateTmp"] == ("no",)
+    p["run"]["notify_socket"] = "/tmp/capprobe-run-1-x/notify"
+    assert decide(filesystem.private_tmp, p)["PrivateTmp"] == ("yes",)

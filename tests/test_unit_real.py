@@ -225,11 +225,6 @@ def test_caddy_unit_binds_low_port_as_caddy_with_one_capability(caddy_run):
     assert exposure <= 2.0, f"exposure {exposure}; counted against the unit:\n{crosses(caddy_run['table'])}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "capprobe bug: its own NOTIFY_SOCKET lives in its work directory under /tmp "
-    "(/tmp/capprobe-run-PID-XXXX/notify); caddy's sd_notify connect() to it is counted as "
-    "'meets other processes through /tmp' and the unit gets PrivateTmp=no, although under "
-    "systemd NOTIFY_SOCKET is /run/systemd/notify and PrivateTmp=yes would be fine"))
 def test_caddy_unit_keeps_private_tmp_despite_capprobes_own_notify_socket(caddy_run):
     assert one(caddy_run["unit"], "PrivateTmp") == "yes", caddy_run["unit"]
 
@@ -398,12 +393,6 @@ def test_restic_restore_as_nobody_restores_ownership_with_chown_and_fowner(resti
     print(f"restic restore exposure: {exposure}; capabilities: {' '.join(req)}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "capprobe bug: every chmod of a file whose group the caller is not in makes the kernel "
-    "check CAP_FSETID (setattr_prepare/setattr_copy -> in_group_or_capable) only to decide "
-    "whether to clear S_ISGID from the new mode; no restored file has S_ISGID (modes 0755, "
-    "0700, 0644, 0600), so the outcome of that check changes nothing, yet capprobe lists "
-    "CAP_FSETID as required and puts it into CapabilityBoundingSet/AmbientCapabilities"))
 def test_restic_restore_does_not_need_fsetid_without_setgid_files(restic_runs):
     p = restic_runs["restore_profile"]
     modes = {m for f in p["files"] if f["path"].startswith(str(restic_runs["restore"]) + "/")

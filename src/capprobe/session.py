@@ -294,6 +294,8 @@ def run_session(opts: RunOptions, status=lambda msg: None) -> RunResult:
             "exit_signal": exit_signal,
             "ended_by": target.ended_by or "exit",
             "tracer": {"backend": "strace", "flags": STRACE_FLAGS},
+            # capprobe's stand-in for /run/systemd/notify: not a place the service shares
+            "notify_socket": notify_path,
             "capprobe": __version__,
         },
         **collector.sections(),

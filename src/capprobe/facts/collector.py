@@ -94,6 +94,7 @@ class FactCollector:
         self.devices: dict[bytes, dict] = {}
         self.sockets: dict[tuple, list] = {}  # (family, type, proto) -> [n, exes]
         self.socket_inodes: dict[str, tuple] = {}  # "5819" -> (family, type, proto)
+        self.socket_failures: dict[tuple, list] = {}
         self.binds: dict[tuple, list] = {}
         self.listens: dict[tuple, list] = {}
         self.connects: dict[tuple, list] = {}
@@ -572,8 +573,13 @@ class FactCollector:
         if ev.name == "socketpair":
             proto = ""
         key = (family, stype, proto)
+        if ev.errno is not None:
+            # A refused family (EAFNOSUPPORT under RestrictAddressFamilies=, EPERM for
+            # raw sockets) is evidence, but not a family the service got to use.
+            self._bump(self.socket_failures, (*key, ev.errno), proc, ev.ts)
+            return
         self._bump(self.sockets, key, proc, ev.ts)
-        if ev.errno is None and ev.annot:
+        if ev.annot:
             inode = re.search(r"\[(\d+)\]", ev.annot)
             if inode:
                 self.socket_inodes[inode.group(1)] = key

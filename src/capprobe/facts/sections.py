@@ -74,6 +74,7 @@ def build_sections(c) -> dict:
 
     network = {
         "sockets": rows(c.sockets, ("family", "type", "protocol")),
+        "socket_failures": rows(c.socket_failures, ("family", "type", "protocol", "errno")),
         "binds": rows(c.binds, ("family", "type", "address", "port", "errno")),
         "listens": rows(c.listens, ("socket", "errno")),
         "connects": rows(c.connects, ("family", "address", "port", "errno")),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 from ..facts.collector import WRITE_OPS
 from ..paths import decode_path
@@ -45,7 +46,10 @@ def _shares_tmp(ctx: RuleContext) -> list[bytes]:
                 continue
             if not any(p == c or p.startswith(c + b"/") for c in created):
                 shared.append(p)
+        notify = ctx.profile["run"].get("notify_socket")
         for c in ctx.profile["network"].get("connects", []) + ctx.profile["network"].get("sends", []):
+            if c.get("address") == notify:
+                continue  # under systemd this is /run/systemd/notify
             if c["family"] == "AF_UNIX" and (c.get("address") or "").startswith(("/tmp/", "/var/tmp/")):
                 shared.append(decode_path(c["address"]))
         return shared
@@ -78,6 +82,7 @@ def read_write_plan(ctx: RuleContext) -> tuple[dict[bytes, list[str]], dict[str,
                 notes.append(f"{show(target)} cannot be written in unit syntax; widened to {show(wider)}")
                 target = wider
             paths.setdefault(target, []).append(why)
+        paths = _merge_fan_out(paths)
         # keep only the outermost of nested entries
         kept: dict[bytes, list[str]] = {}
         for p in sorted(paths):
@@ -88,6 +93,26 @@ def read_write_plan(ctx: RuleContext) -> tuple[dict[bytes, list[str]], dict[str,
                 kept[outer].extend(paths[p])
         return kept, managed, notes
     return ctx.memo("rw_plan", compute)
+
+
+_FAN_OUT = re.compile(rb"^[0-9a-f]{2}$")
+
+
+def _merge_fan_out(paths: dict[bytes, list[str]]) -> dict[bytes, list[str]]:
+    """Hash fan-out directories (restic data/3f, git objects/ab): the next run writes
+    into other ones, so grant their parent instead of the few this run happened to use."""
+    by_parent: dict[bytes, list[bytes]] = {}
+    for p in paths:
+        if _FAN_OUT.match(os.path.basename(p)):
+            by_parent.setdefault(os.path.dirname(p), []).append(p)
+    merged = dict(paths)
+    for parent, children in by_parent.items():
+        if len(children) >= 2:
+            evidence = [f"hash fan-out: {len(children)} subdirectories like {show(children[0])} written"]
+            for child in children:
+                evidence.extend(merged.pop(child))
+            merged.setdefault(parent, []).extend(evidence)
+    return merged
 
 
 @rule("filesystem")
