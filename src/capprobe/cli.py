@@ -217,5 +217,99 @@ def demo(output) -> None:
     sys.exit(code)
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("unit_file", type=click.Path(path_type=Path))
+@click.option("--check", default=None, help="A command that must succeed while the service runs (curl, a CLI call).")
+@click.option("--duration", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Seconds the service must stay up (a oneshot must finish).")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def verify(unit_file, check, duration, command) -> None:
+    """Run UNIT_FILE under this host's systemd; on failure, name the directive that caused it."""
+    from .syscall_groups import syscall_groups
+    from .verify.systemd_host import NoSystemd, require_systemd
+    from .verify.tighten import verify_text
+    try:
+        require_systemd()
+    except NoSystemd as e:
+        _fail(str(e))
+    try:
+        text = Path(unit_file).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        _fail(f"cannot read {unit_file}: {e}")
+    if command:
+        from .render.quoting import render_line
+        rendered = render_line("ExecStart", tuple(os.fsencode(c) for c in command))
+        if rendered is None:
+            _fail("the command after -- cannot be written as ExecStart=")
+        text = "\n".join(f"ExecStart={rendered}" if line.startswith("ExecStart=") else line
+                         for line in text.splitlines()) + "\n"
+    name = _unit_name(os.path.basename(str(unit_file)))
+    verdict = verify_text(text, name, duration, check, syscall_groups())
+    _print_verdict(verdict)
+    sys.exit(0 if verdict.passed else 1)
+
+
+def _print_verdict(verdict) -> None:
+    run = verdict.run
+    if verdict.passed:
+        click.echo(f"PASS: {run.name} ran under systemd (state {run.active_state}, result {run.result})"
+                   + (", check passed" if run.check_status == 0 else ""))
+        return
+    click.echo(f"FAIL: {run.name}: result {run.result or '?'}, {run.exit_code or '?'} {run.exit_status}"
+               + (f", start: {run.start_error}" if run.start_error else "")
+               + (f", check exited {run.check_status}" if run.check_status not in (None, 0) else ""))
+    for b in verdict.blames:
+        click.echo(f"  caused by {b.directive}{' (' + b.item + ')' if b.item else ''}: {b.evidence}")
+    if verdict.explanation:
+        click.echo(f"  {verdict.explanation}")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("-o", "--output", default=None, help="Unit file to write (default: <command>.service).")
+@click.option("--profile", "profile_out", type=click.Path(path_type=Path), default=None,
+              help="Also keep the profile here.")
+@click.option("--check", default=None, help="A command that must succeed while the service runs.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="Seconds to profile the service, and to keep it up when verifying.")
+@click.option("--user", default=None, help="Run the service as this user.")
+@click.option("--dynamic-user", is_flag=True, help="DynamicUser=yes.")
+@click.option("--force", is_flag=True, help="Replace existing files.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
+def tighten(output, profile_out, check, duration, user, dynamic_user, force, command) -> None:
+    """Profile COMMAND, synthesize its unit, verify it under systemd, relax only what breaks."""
+    from .rules.registry import decide
+    from .rules.base import RuleContext
+    from .render.unit import render_unit
+    from .syscall_groups import syscall_groups
+    from .verify.systemd_host import NoSystemd, require_systemd
+    from .verify.tighten import tighten as tighten_loop
+    try:
+        require_systemd()
+    except NoSystemd as e:
+        _fail(str(e))
+    command = list(command)
+    name = _unit_name(os.path.basename(output) if output else os.path.basename(command[0]))
+    dest = Path(output or f"{name}.service")
+    _check_output_path(dest)
+    if dest.exists() and not force:
+        _fail(f"{dest} exists; use --force to replace it")
+    try:
+        result = run_session(RunOptions(command=command, duration=duration, user=user))
+    except SessionError as e:
+        _fail(str(e), e.exit_code)
+    if profile_out is not None:
+        save_profile(result.profile, profile_out, force=force)
+    options = UnitOptions(name=name, user=user, dynamic_user=dynamic_user)
+    directives = decide(RuleContext(result.profile, options))
+    final, verdict, relaxations = tighten_loop(directives, options, result.profile, duration, check,
+                                               syscall_groups(), say=lambda m: click.echo(m, err=True))
+    _print_verdict(verdict)
+    text = render_unit(final, options, result.profile)
+    write_atomically(dest, text.encode(), force)
+    click.echo(f"capprobe: {len(relaxations)} relaxation(s); unit written to {dest}"
+               + ("" if verdict.passed else " (it still FAILS: see above)"), err=True)
+    sys.exit(0 if verdict.passed else 1)
+
+
 if __name__ == "__main__":
     main()
