@@ -244,3 +244,15 @@ def _require_free_port(port):
             s.bind(("0.0.0.0", port))
         except OSError:
             pytest.fail(f"port {port} is busy on this machine; the nginx test needs it")
+
+
+def test_sigint_to_capprobe_reaches_the_target(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "capprobe", "run", "-q", "--no-unit", "-o", str(tmp_path / "p.json"),
+                             "--", SYSTEM_PYTHON, "-c", "import time; print('ready', flush=True); time.sleep(60)"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGINT)
+    # python dies of the forwarded SIGINT (KeyboardInterrupt, then re-raised): 128+2
+    assert proc.wait(timeout=30) == 128 + signal.SIGINT
+    p = load(tmp_path / "p.json")
+    assert p["run"]["ended_by"] == "SIGINT" and p["run"]["exit_signal"] == "SIGINT"

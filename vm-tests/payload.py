@@ -132,9 +132,13 @@ def probe_unit(unit_text: str, probe_cmd: str, out: Path) -> str:
 
 def control_unit(unit_text: str, probe_cmd: str, out: Path) -> str:
     """Only the identity of the unit (who runs it), no hardening at all."""
-    keep = {"User", "Group", "DynamicUser", "SupplementaryGroups"}
+    keep = {"User", "Group", "SupplementaryGroups"}
     ident = [line for line in unit_text.splitlines()
              if "=" in line and not line.startswith("#") and line.split("=", 1)[0] in keep]
+    if unit_values(unit_text, "DynamicUser") == ["yes"]:
+        # DynamicUser= implies ProtectSystem=strict and more: the control is a plain
+        # unprivileged user instead, which is what a dynamic user is without its sandbox
+        ident = ["User=nobody", "Group=nogroup"]
     return "\n".join(["[Unit]", "Description=vm-tests control probe", "", "[Service]", "Type=oneshot",
                       *ident, f"ExecStart={probe_cmd}", f"StandardOutput=truncate:{out}",
                       "StandardError=journal", "TimeoutStartSec=60", ""])
@@ -344,7 +348,7 @@ class Workload:
         say(f"  $ {shlex.join(cmd)}")
         t0 = time.monotonic()
         log = open(d / "capprobe-run.log", "w")
-        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=d)
+        p = self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=d)
         try:
             self.exercise()
         except Exception as e:  # the exerciser only makes the profile richer
@@ -445,7 +449,7 @@ class Nginx(Workload):
         return ["/usr/sbin/nginx", "-g", "daemon off;"]
 
     def exercise(self):
-        if wait_for(lambda: port_open(80), 10):
+        if wait_for(lambda: port_open(80) or self.proc.poll() is not None, 10) and self.proc.poll() is None:
             for _ in range(3):
                 http_get("http://127.0.0.1/")
 
@@ -467,7 +471,7 @@ class Caddy(Workload):
         return ["/usr/bin/caddy", "run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"]
 
     def exercise(self):
-        if wait_for(lambda: port_open(80), 10):
+        if wait_for(lambda: port_open(80) or self.proc.poll() is not None, 10) and self.proc.poll() is None:
             for _ in range(3):
                 http_get("http://127.0.0.1/")
 

@@ -53,9 +53,26 @@ def render_summary(profile: dict) -> str:
         out.append("")
         out.append(f"Capabilities (method: {caps.get('method')})")
         out.append(f"  required: {' '.join(caps.get('required', [])) or 'none'}")
-        for rec in caps.get("uses", [])[:MAX_ROWS]:
-            out.append(f"  {rec['capability']:<22} {rec['status']:<12} x{rec['count']:<5} "
-                       f"{rec.get('reason', '')} [{rec.get('exe', '?').rsplit('/', 1)[-1]}]")
+        if caps.get("lost_events"):
+            out.append(f"  WARNING: {caps['lost_events']} capability events lost (ring buffer overrun)")
+        # advisory checks are noise by nature: one line per capability and call site
+        grouped: dict[tuple, dict] = {}
+        for rec in caps.get("uses", []):
+            if rec.get("status") == "advisory":
+                key = (rec["capability"], rec.get("call_site"))
+                g = grouped.setdefault(key, {**rec, "count": 0})
+                g["count"] += rec["count"]
+        detailed = [r for r in caps.get("uses", []) if r.get("status") != "advisory"]
+        order = {"required": 0, "inferred": 0, "superseded": 1, "optional": 2, "denied": 2, "possible": 3}
+        for rec in sorted(detailed, key=lambda r: order.get(r.get("status"), 9))[:MAX_ROWS]:
+            target = f" {rec['targets'][0]}" if rec.get("targets") else ""
+            alt = f" (or {' / '.join(a for a in rec['alternatives'] if a != rec['capability'])})" \
+                if rec.get("alternatives") else ""
+            out.append(f"  {rec['capability']:<22} {rec['status']:<10} x{rec['count']:<5} "
+                       f"{rec.get('reason', '')}{target}{alt} [{(rec.get('exe') or '?').rsplit('/', 1)[-1]}]")
+        for (cap, site), rec in sorted(grouped.items()):
+            out.append(f"  {cap:<22} {'not required':<10} x{rec['count']:<5} {rec.get('reason', '')} "
+                       f"({rec.get('why_not_required', site)})")
 
     out.append("")
     out.append(f"Processes ({len(profile['processes'])})")
@@ -72,7 +89,8 @@ def render_summary(profile: dict) -> str:
     out.append(f"Files written or changed ({len(written)} of {len(files)} paths seen)")
     for f in written[:MAX_ROWS]:
         ops = ",".join(op for op in f["ops"] if op in WRITE_OPS)
-        out.append(f"  {display_path(f['path'])}  [{ops}]  by {_by(next(iter(f['ops'].values())))}")
+        exes = sorted({b for use in f["ops"].values() for b in use.get("by", [])})
+        out.append(f"  {display_path(f['path'])}  [{ops}]  by {_by({'by': exes})}")
     failed = [(f, x) for f in files for x in f.get("failed", [])]
     if failed:
         out.append("")
