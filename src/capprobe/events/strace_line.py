@@ -19,7 +19,8 @@ import re
 from dataclasses import dataclass
 
 _HEAD = re.compile(r"(\d+)\s+(\d+\.\d+)\s+(?:\[\s*(\d+)\]\s+)?")
-_NAME = re.compile(r"([a-z_0-9]+)\(")
+# The common line in one match: pid, time, syscall number, name and "(".
+_CALL = re.compile(r"(\d+)\s+(\d+\.\d+)\s+(?:\[\s*\d+\]\s+)?([a-z_0-9]+)\(")
 _RESUMED = re.compile(r"<\.\.\. ([a-z_0-9]+) resumed>")
 # Tokens that matter when looking for the ")" closing the argument list: quoted
 # strings and -yy annotations are skipped whole (they may hold parentheses).
@@ -92,6 +93,18 @@ class StraceLineParser:
         """Parse one line; returns None for the first half of a split call."""
         line = line.rstrip("\n")
         self.last_unfinished = None
+        call = _CALL.match(line)
+        if call is not None:  # hot path: a plain syscall line
+            pid, ts, name = int(call.group(1)), float(call.group(2)), call.group(3)
+            body = line[call.end():]
+            close = _find_close(body, 1)
+            if close is not None:
+                return _complete(pid, ts, name, body[:close], body[close + 1:], line)
+            if body.endswith(_UNFINISHED):
+                self._pending[pid] = (name, ts, body[: -len(_UNFINISHED)])
+                self.last_unfinished = (pid, name)
+                return None
+            return Unparsed(line)
         head = _HEAD.match(line)
         if head is None:
             return Unparsed(line) if line.strip() else None
@@ -104,19 +117,7 @@ class StraceLineParser:
             return self._exit(pid, ts, rest, line)
         if rest.startswith("---"):
             return None  # a signal delivery; -e signal=none normally hides these
-        m = _NAME.match(rest)
-        if m is None:
-            return Unparsed(line)
-        name = m.group(1)
-        body = rest[m.end():]
-        close = _find_close(body, 1)
-        if close is None:
-            if body.endswith(_UNFINISHED):
-                self._pending[pid] = (name, ts, body[: -len(_UNFINISHED)])
-                self.last_unfinished = (pid, name)
-                return None
-            return Unparsed(line)
-        return _complete(pid, ts, name, body[:close], body[close + 1:], line)
+        return Unparsed(line)  # not "name(" either: _CALL would have matched
 
     def _resumed(self, pid: int, ts: float, rest: str, line: str) -> Event | None:
         m = _RESUMED.match(rest)
