@@ -200,3 +200,35 @@ def test_either_or_confirmed_by_a_run_without_the_first_alternative(netns, tmp_p
     assert denied and all(u["status"] == "superseded" for u in denied)
     granted = [u for u in uses(p, "CAP_NET_ADMIN") if u["call_site"] == "do_ip_setsockopt"]
     assert granted and granted[0]["syscall"] == "setsockopt" and "IP_TRANSPARENT" in granted[0]["targets"]
+
+
+AGREEMENT_CASES = {
+    "http-server-80": ["ip", "netns", "exec", "{ns}", SYSTEM_PYTHON, "-m", "http.server", "80", "--bind", "127.0.0.1"],
+    "tuntap": ["ip", "netns", "exec", "{ns}", "ip", "tuntap", "add", "dev", "cpt9", "mode", "tun"],
+    "nft": ["ip", "netns", "exec", "{ns}", "nft", "add", "table", "inet", "capprobe_agree"],
+    "chown": ["chown", "1000", "{file}"],
+    "true": ["/bin/true"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(AGREEMENT_CASES))
+def test_inference_table_agrees_with_the_tracepoint(case, netns, tmp_path):
+    from capprobe.facts.inference import inferred_required_set, infer_capabilities
+    f = tmp_path / "file"
+    f.write_text("x")
+    command = [a.format(ns=netns, file=f) for a in AGREEMENT_CASES[case]]
+    if shutil.which(command[0]) is None and not os.path.exists(command[0]):
+        pytest.skip(f"{command[0]} not installed")
+    if case == "nft" and shutil.which("nft") is None:
+        pytest.skip("nftables not installed")
+    # capprobe inside the namespace, the command without `ip netns exec` (its setns is not the target's)
+    if command[:3] == ["ip", "netns", "exec"]:
+        r = capprobe_in_netns(netns, "run", "-q", "--no-unit", "--duration", "2", "-o", str(tmp_path / "p.json"),
+                              "--", *command[4:])
+    else:
+        r = capprobe("run", "-q", "--no-unit", "-o", str(tmp_path / "p.json"), "--", *command)
+    assert r.returncode in (0, 128 + 15), r.stderr
+    p = load(tmp_path / "p.json")
+    kernel = required(p)
+    inferred = inferred_required_set(infer_capabilities(p))
+    assert inferred == kernel, (case, kernel, inferred)

@@ -127,3 +127,13 @@ def test_parse_sockaddr_unix_abstract_and_inet6():
     assert parse_sockaddr('{sa_family=0xa /* AF_INET6 */, sin6_port="\\x00\\x50" /* htons(80) */, '
                           'sin6_flowinfo=0, inet_pton(AF_INET6, "::", &sin6_addr), sin6_scope_id=0}') == {
         "family": "AF_INET6", "port": 80, "addr": "::"}
+
+
+def test_docker_socket_is_flagged_root_equivalent():
+    s = collect([
+        '60 1.0 [ 59] execve("/usr/bin/agent", ["agent"], 0x1 /* 1 vars */) = 0',
+        '60 1.1 [ 42] connect(3<UNIX-STREAM:[77]>, {sa_family=0x1 /* AF_UNIX */, sun_path="/var/run/docker.sock"}, 23) = 0',
+        '60 1.2 [ 42] connect(4<UNIX-STREAM:[78]>, {sa_family=0x1 /* AF_UNIX */, sun_path="/run/other.sock"}, 18) = 0',
+    ])
+    assert [(b["kind"], b["detail"], b["by"]) for b in s["behaviour"]] == [
+        ("root_equivalent_socket", "/var/run/docker.sock", ["/usr/bin/agent"])]

@@ -150,3 +150,32 @@ def test_hostile_names_written_by_the_target_never_become_directives(srv_root, p
     # the directory itself when unit syntax can carry its name, else the nearest parent that can
     assert rw in (os.fsencode(str(work)), os.fsencode(str(work)) + b"/" + name) or rw.startswith(b'"')
     assert not verify_messages(unit), verify_messages(unit)
+
+
+def test_ownership_instead_of_privilege_with_a_setup_script(srv_root):
+    owned = srv_root / "etc-arctic"
+    owned.mkdir()
+    os.chmod(owned, 0o755)  # root's directory: the service user may not create files in it
+    profile = srv_root / "p.json"
+    r = capprobe("run", "-q", "--no-unit", "--user", "nobody", "-o", str(profile), "--",
+                 "sh", "-c", f"echo token > {owned}/recovery.token")
+    assert r.returncode == 0, r.stderr
+    p = load(profile)
+    assert "CAP_DAC_OVERRIDE" in p["capabilities"]["required"]
+    unit, setup = srv_root / "a.service", srv_root / "setup.sh"
+    r = capprobe("unit", str(profile), "--user", "nobody", "--group", "nogroup", "-o", str(unit),
+                 "--setup", str(setup))
+    assert r.returncode == 0, r.stderr
+    d = directives(unit.read_text())
+    assert d["CapabilityBoundingSet"] == [""], "the capability is replaced by ownership"
+    assert "setup script" in unit.read_text()
+    script = setup.read_text()
+    assert f"chown nobody:nogroup {owned}" in script
+    os.unlink(owned / "recovery.token")
+    # the script makes the capability unnecessary: the same write now works without any
+    subprocess.run(["sh", str(setup)], check=True, env={**os.environ, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                   capture_output=True)
+    done = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all",
+                           "--bounding-set=-all", "sh", "-c", f"echo token > {owned}/recovery.token"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

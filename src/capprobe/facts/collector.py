@@ -43,6 +43,11 @@ WRITE_OPS = frozenset({
 })
 SD_NOTIFY_WORDS = (b"READY=1", b"STATUS=", b"WATCHDOG=", b"STOPPING=1", b"RELOADING=1",
                    b"MAINPID=", b"NOTIFY_ACCESS=", b"FDSTORE=", b"EXTEND_TIMEOUT_USEC=")
+ROOT_EQUIVALENT_SOCKETS = {
+    "/run/docker.sock", "/var/run/docker.sock", "/run/containerd/containerd.sock",
+    "/var/run/containerd/containerd.sock", "/run/podman/podman.sock", "/run/crio/crio.sock",
+    "/run/systemd/private",
+}
 INTERESTING_SOCKOPTS = {
     "IP_TRANSPARENT", "IPV6_TRANSPARENT", "SO_MARK", "SO_BINDTODEVICE", "IP_FREEBIND",
     "IPV6_FREEBIND", "SO_PRIORITY", "SO_RCVBUFFORCE", "SO_SNDBUFFORCE", "IP_RECVORIGDSTADDR",
@@ -616,6 +621,9 @@ class FactCollector:
         errno = ev.errno if ev.errno not in ("EINPROGRESS",) else None
         key = (addr["family"], addr.get("addr", ""), addr.get("port"), errno or "")
         self._bump(self.connects, key, proc, ev.ts)
+        if addr["family"] == "AF_UNIX" and addr.get("addr") in ROOT_EQUIVALENT_SOCKETS:
+            # whoever may talk to these can start a root container or unit: root in all but name (seed 003)
+            self._special("root_equivalent_socket", addr["addr"] + (f" {errno}" if errno else ""), proc, ev.ts)
         if (addr["family"] == "AF_UNIX" and self.notify_socket is not None and errno is None
                 and addr.get("addr") == encode_path(self.notify_socket)):
             self._special("sd_notify", "connect to $NOTIFY_SOCKET", proc, ev.ts)

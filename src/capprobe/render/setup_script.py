@@ -29,6 +29,7 @@ def setup_script(profile: dict, options, result) -> str:
                   f"getent passwd {shlex.quote(user)} >/dev/null || useradd --system --gid {shlex.quote(group)} "
                   f"--no-create-home --shell /usr/sbin/nologin {shlex.quote(user)}", ""]
     paths, _managed, _notes = read_write_plan(ctx)
+    chowned: set[bytes] = set()
     for p in paths:
         if not p.startswith((b"/tmp/", b"/var/tmp/", b"/run/", b"/proc/", b"/sys/", b"/dev/")) and \
                 p not in (b"/", b"/etc", b"/usr", b"/var", b"/opt"):
@@ -36,12 +37,16 @@ def setup_script(profile: dict, options, result) -> str:
             if user:
                 lines.append(f"chown {shlex.quote(user)}:{shlex.quote(group)} {_q(p)}")
                 lines.append(f"chmod u+rwX {_q(p)}")
+                chowned.add(p)
     dropped, owned = ownership_alternative(ctx)
     if dropped and user:
         lines += ["", f"# instead of {' '.join(dropped)}: the service user owns what it needed them for"]
         for p in owned:
-            lines.append(f"chown {shlex.quote(user)}:{shlex.quote(group)} {_q(p)}")
-    lines += ["", f"systemctl daemon-reload", ""]
+            if p in chowned:
+                continue  # already given to the service user above
+            else:
+                lines.append(f"chown {shlex.quote(user)}:{shlex.quote(group)} {_q(p)}")
+    lines += ["", "if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi", ""]
     return "\n".join(lines)
 
 

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import textwrap
 import time
 
 from .. import __version__
 from ..rules.base import Directive, UnitOptions
 
-COMMENT_WIDTH = 200
+COMMENT_WIDTH = 100
+COMMENT_LINES = 8
 
 
 def comment_text(text: str) -> str:
-    """One comment line: control characters escaped, never a line break (hostile paths)."""
+    """Comment lines: control characters escaped (hostile paths), wrapped, each starting with '#'."""
     clean = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    return clean if len(clean) <= COMMENT_WIDTH else clean[:COMMENT_WIDTH - 3] + "..."
+    body = clean[1:].strip() if clean.startswith("#") else clean
+    lines = textwrap.wrap(body, COMMENT_WIDTH - 2, break_long_words=True, break_on_hyphens=False) or [""]
+    if len(lines) > COMMENT_LINES:
+        lines = lines[:COMMENT_LINES - 1] + [f"... ({len(lines) - COMMENT_LINES + 1} more lines of evidence in the profile)"]
+    return "\n".join("# " + line for line in lines)
 
 
 def render_unit(directives: list[Directive], options: UnitOptions, profile: dict,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from ..facts.collector import WRITE_OPS
 from ..paths import decode_path, display_path, encode_path
 from .base import RuleContext
@@ -95,12 +97,17 @@ def ownership_alternative(ctx: RuleContext) -> tuple[list[str], list[bytes]]:
         caps = [c for c in kernel_required_capabilities(ctx) if c in OWNERSHIP_CAPS]
         if not caps:
             return [], []
+        ops_by_path = {f["path"]: set(f["ops"]) | {x["op"] for x in f.get("failed", [])}
+                       for f in ctx.profile["files"]}
         paths: set[bytes] = set()
         for u in ctx.profile["capabilities"].get("uses", []):
             if u["status"] == "required" and u["capability"] in caps:
                 if not u.get("targets"):
                     return [], []  # a use we cannot pin to a path: keep the capability
-                paths.update(decode_path(t) for t in u["targets"])
+                for t in u["targets"]:
+                    raw = decode_path(t)
+                    # creating an entry needs the directory; the file may not exist yet
+                    paths.add(os.path.dirname(raw) if ops_by_path.get(t, set()) & ENTRY_OPS else raw)
         if not paths or len(paths) > OWNERSHIP_MAX_PATHS:
             return [], []
         return caps, sorted(paths)
