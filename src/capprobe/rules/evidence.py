@@ -6,6 +6,7 @@ import os
 
 from ..facts.collector import WRITE_OPS
 from ..paths import decode_path, display_path, encode_path
+from .base import Directive
 from .base import RuleContext
 
 # ops that change a directory's entries: they need the directory itself writable
@@ -148,3 +149,16 @@ def identity_choice(ctx: RuleContext) -> tuple[str, str]:
                             "pass --user NAME (and run the setup script) or --dynamic-user")
         return "dynamic", "it keeps no state outside systemd-managed directories"
     return ctx.memo("identity", compute)
+
+
+def toggle_unless_seen(ctx, key: str, kinds: tuple[str, ...], on_reason: str, paths: tuple[bytes, ...] = ()):
+    """KEY=yes with ON_REASON, or KEY=no naming the behaviour (or path use) that forbids it."""
+    seen = [b for k in kinds for b in behaviour(ctx, k)]
+    touched = [f for f in ctx.profile["files"] if paths and decode_path(f["path"]).startswith(paths)
+               and (f["ops"] or f.get("failed"))]
+    if seen:
+        yield Directive(key, ("no",), f"{seen[0]['kind']}: {seen[0]['detail']} by {short_exes(seen)}")
+    elif touched:
+        yield Directive(key, ("no",), f"used {show(decode_path(touched[0]['path']))} by {short_exes(touched[0]['ops'].values() or [{}])}")
+    else:
+        yield Directive(key, ("yes",), on_reason)

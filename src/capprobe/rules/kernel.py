@@ -7,38 +7,26 @@ import re
 from ..facts.collector import WRITE_OPS
 from ..paths import decode_path
 from .base import Directive, RuleContext
-from .evidence import behaviour, identity_choice, required_capabilities, short_exes, show
+from .evidence import behaviour, identity_choice, required_capabilities, short_exes, show, toggle_unless_seen
 from .registry import rule
 
 _PROC_PID = re.compile(rb"^/proc/(\d+|self|thread-self)(/|$)")
 
 
-def _toggle(ctx, key: str, kinds: tuple[str, ...], on_reason: str, paths: tuple[bytes, ...] = ()):
-    seen = [b for k in kinds for b in behaviour(ctx, k)]
-    touched = [f for f in ctx.profile["files"] if paths and decode_path(f["path"]).startswith(paths)
-               and (f["ops"] or f.get("failed"))]
-    if seen:
-        yield Directive(key, ("no",), f"{seen[0]['kind']}: {seen[0]['detail']} by {short_exes(seen)}")
-    elif touched:
-        yield Directive(key, ("no",), f"used {show(decode_path(touched[0]['path']))} by {short_exes(touched[0]['ops'].values() or [{}])}")
-    else:
-        yield Directive(key, ("yes",), on_reason)
-
-
 @rule("kernel")
 def protect_kernel_tunables(ctx: RuleContext):
-    yield from _toggle(ctx, "ProtectKernelTunables", ("write_kernel_tunable",),
+    yield from toggle_unless_seen(ctx, "ProtectKernelTunables", ("write_kernel_tunable",),
                        "no write under /proc/sys or /sys")
 
 
 @rule("kernel")
 def protect_kernel_modules(ctx: RuleContext):
-    yield from _toggle(ctx, "ProtectKernelModules", ("kernel_module",), "no module loaded or removed")
+    yield from toggle_unless_seen(ctx, "ProtectKernelModules", ("kernel_module",), "no module loaded or removed")
 
 
 @rule("kernel")
 def protect_kernel_logs(ctx: RuleContext):
-    yield from _toggle(ctx, "ProtectKernelLogs", ("kernel_log",), "no syslog() and no /dev/kmsg or /proc/kmsg",
+    yield from toggle_unless_seen(ctx, "ProtectKernelLogs", ("kernel_log",), "no syslog() and no /dev/kmsg or /proc/kmsg",
                        paths=(b"/dev/kmsg", b"/proc/kmsg"))
 
 
@@ -54,12 +42,12 @@ def protect_control_groups(ctx: RuleContext):
 
 @rule("kernel")
 def protect_clock(ctx: RuleContext):
-    yield from _toggle(ctx, "ProtectClock", ("clock",), "the clock was not set")
+    yield from toggle_unless_seen(ctx, "ProtectClock", ("clock",), "the clock was not set")
 
 
 @rule("kernel")
 def protect_hostname(ctx: RuleContext):
-    yield from _toggle(ctx, "ProtectHostname", ("hostname",), "no sethostname/setdomainname")
+    yield from toggle_unless_seen(ctx, "ProtectHostname", ("hostname",), "no sethostname/setdomainname")
 
 
 @rule("kernel")
@@ -106,4 +94,4 @@ def private_users(ctx: RuleContext):
 
 @rule("kernel")
 def private_mounts(ctx: RuleContext):
-    yield from _toggle(ctx, "PrivateMounts", ("mount",), "no mount or unmount")
+    yield from toggle_unless_seen(ctx, "PrivateMounts", ("mount",), "no mount or unmount")

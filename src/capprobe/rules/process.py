@@ -6,7 +6,7 @@ import shlex
 
 from ..paths import display_path
 from .base import Directive, RuleContext
-from .evidence import behaviour, short_exes
+from .evidence import behaviour, short_exes, toggle_unless_seen
 from .registry import rule
 
 ONESHOT_SECONDS = 60  # a run that ended by itself within this time is a job, not a daemon
@@ -63,21 +63,12 @@ def lock_personality(ctx: RuleContext):
 
 @rule("process")
 def memory_deny_write_execute(ctx: RuleContext):
-    wx = behaviour(ctx, "wx_memory")
-    if wx:
-        yield Directive("MemoryDenyWriteExecute", ("no",),
-                        f"writable+executable memory: {wx[0]['detail']} x{sum(b['count'] for b in wx)} by {short_exes(wx)}")
-    else:
-        yield Directive("MemoryDenyWriteExecute", ("yes",), "no W+X mapping and no mprotect(PROT_EXEC) seen")
+    yield from toggle_unless_seen(ctx, "MemoryDenyWriteExecute", ("wx_memory",), "no W+X mapping and no mprotect(PROT_EXEC) seen")
 
 
 @rule("process")
 def restrict_realtime(ctx: RuleContext):
-    rt = behaviour(ctx, "realtime")
-    if rt:
-        yield Directive("RestrictRealtime", ("no",), f"realtime scheduling requested by {short_exes(rt)}")
-    else:
-        yield Directive("RestrictRealtime", ("yes",), "no realtime scheduling requested")
+    yield from toggle_unless_seen(ctx, "RestrictRealtime", ("realtime",), "no realtime scheduling requested")
 
 
 @rule("process")
@@ -91,11 +82,9 @@ def restrict_suid_sgid(ctx: RuleContext):
 
 @rule("process")
 def remove_ipc(ctx: RuleContext):
-    ipc = behaviour(ctx, "sysv_ipc") + behaviour(ctx, "posix_mqueue")
-    if ipc:
-        yield Directive("RemoveIPC", ("no",), f"IPC objects used ({ipc[0]['detail']}); they may be meant to outlive the service")
-    else:
-        yield Directive("RemoveIPC", ("yes",), "no SysV IPC or POSIX message queue seen")
+    # IPC objects seen may be meant to outlive the service: then RemoveIPC=no
+    yield from toggle_unless_seen(ctx, "RemoveIPC", ("sysv_ipc", "posix_mqueue"),
+                                  "no SysV IPC or POSIX message queue seen")
 
 
 @rule("process")
