@@ -257,3 +257,15 @@ def test_capprobes_own_notify_socket_does_not_count_as_shared_tmp():
     assert decide(filesystem.private_tmp, p)["PrivateTmp"] == ("no",)
     p["run"]["notify_socket"] = "/tmp/capprobe-run-1-x/notify"
     assert decide(filesystem.private_tmp, p)["PrivateTmp"] == ("yes",)
+
+
+def test_dynamic_user_only_when_an_unprivileged_user_could_open_everything():
+    readable = profile(files=[f("/etc/svc.conf", "read", stat={"mode": "0644", "uid": 0, "gid": 0})])
+    assert decide(identity.identity, readable) == {"DynamicUser": ("yes",)}
+    secret = profile(files=[f("/etc/svc.conf", "read", stat={"mode": "0600", "uid": 0, "gid": 0})])
+    assert decide(identity.identity, secret) == {}
+    tun = {"path": "/dev/net/tun", "kind": "char", "major": 10, "minor": 200, "access": "rw",
+           "stat": {"mode": "0600", "uid": 0, "gid": 0}, **BY}
+    assert decide(identity.identity, profile(devices=[tun])) == {}
+    tun["stat"]["mode"] = "0666"
+    assert decide(identity.identity, profile(devices=[tun])) == {"DynamicUser": ("yes",)}

@@ -317,6 +317,11 @@ def deny_checks(wl: str, unit_name: str, unit_text: str) -> None:
 
 # ---------------------------------------------------------------- the pipeline
 
+def accounts() -> dict[str, set[str]]:
+    return {kind: {line.split(":", 1)[0] for line in Path(f"/etc/{kind}").read_text().splitlines() if line}
+            for kind in ("passwd", "group")}
+
+
 class Workload:
     name = ""
     unit = ""
@@ -389,9 +394,18 @@ class Workload:
         if not check(self.name, "capprobe unit --setup", r.returncode == 0 and dest.exists() and setup.exists(),
                      f"exit {r.returncode}"):
             return None
+        before = accounts()
         r = sh(["sh", str(setup)])
         if not check(self.name, "setup script runs", r.returncode == 0, (r.stdout + r.stderr).strip()[-300:]):
             return None
+        text = dest.read_text()
+        named = {"passwd": set(unit_values(text, "User") or []), "group": set(unit_values(text, "Group") or [])}
+        added = {kind: sorted(names - before[kind]) for kind, names in accounts().items()}
+        stray = [f"{kind} {n}" for kind, names in added.items() for n in names if n not in named[kind]]
+        check(self.name, "setup script adds only the unit's own user/group", not stray,
+              f"added {', '.join(stray)}; the unit has User={' '.join(named['passwd'])} "
+              f"Group={' '.join(named['group'])}" if stray
+              else f"added {', '.join(f'{k} {n}' for k, ns in added.items() for n in ns) or 'nothing'}")
         shutil.copy2(dest, RESULTS / f"{self.unit}.service")
         shutil.copy2(setup, RESULTS / f"{self.unit}.setup.sh")
         shutil.copy2(prof_path, RESULTS / f"{self.unit}.profile.json")

@@ -301,8 +301,29 @@ def run_session(opts: RunOptions, status=lambda msg: None) -> RunResult:
         **collector.sections(),
     }
     profile["executables"] = describe_executables(profile["processes"])
+    record_file_modes(profile)
     profile["capabilities"] = recorder.section(profile)
     return RunResult(profile, exit_code, notes)
+
+
+MAX_STAT_PATHS = 20000
+
+
+def record_file_modes(profile: dict) -> None:
+    """Mode and owner of every file and device used, as they are at the end of the run.
+
+    Who may open them decides the identity a unit can use: a 0600 root file or a
+    crw------- device cannot be opened by DynamicUser=, whatever the capabilities.
+    """
+    from .paths import decode_path
+    for entry in profile["files"][:MAX_STAT_PATHS] + profile.get("devices", []):
+        try:
+            st = os.stat(decode_path(entry["path"]))
+        except OSError:
+            entry["stat"] = {"missing": True}
+            continue
+        entry["stat"] = {"mode": f"{st.st_mode & 0o7777:04o}", "uid": st.st_uid, "gid": st.st_gid,
+                         "type": "dir" if os.path.isdir(decode_path(entry["path"])) else "other"}
 
 
 def describe_executables(processes: list[dict]) -> list[dict]:

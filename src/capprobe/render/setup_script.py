@@ -8,6 +8,7 @@ import shlex
 
 from ..rules.base import RuleContext
 from ..rules.evidence import identity_choice, ownership_alternative
+from ..rules.identity import primary_group
 from ..rules.filesystem import read_write_plan
 
 
@@ -24,7 +25,7 @@ def setup_script(profile: dict, options, result) -> str:
     user = group = None
     if kind == "user":
         user = options.user or profile["run"]["user"].get("name")
-        group = options.group or user
+        group = options.group or primary_group(user) or user  # the same Group= the unit has
         lines += [f"getent group {shlex.quote(group)} >/dev/null || groupadd --system {shlex.quote(group)}",
                   f"getent passwd {shlex.quote(user)} >/dev/null || useradd --system --gid {shlex.quote(group)} "
                   f"--no-create-home --shell /usr/sbin/nologin {shlex.quote(user)}", ""]

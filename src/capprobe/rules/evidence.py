@@ -84,6 +84,30 @@ OWNERSHIP_CAPS = ("CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER")
 OWNERSHIP_MAX_PATHS = 5  # more than this many files is a job for the capability, not for chown
 
 
+def _private_to_owner(ctx: RuleContext) -> tuple[bytes, str] | None:
+    """A file or device the service used that only its owner or group may use (from the
+    modes capprobe recorded at the end of the run), or None."""
+    needs = {"read": 0o004, "exec": 0o001, "write": 0o002}
+    for entry in ctx.profile["files"] + ctx.profile.get("devices", []):
+        st = entry.get("stat") or {}
+        if "mode" not in st or st.get("uid") not in (0,):
+            continue
+        p = decode_path(entry["path"])
+        if under(p, API_FILESYSTEMS) and not p.startswith(b"/dev/"):
+            continue
+        used = set(entry.get("ops", {})) if "ops" in entry and isinstance(entry["ops"], dict) else set()
+        if "access" in entry:
+            used |= {"read"} if "r" in entry["access"] else set()
+            used |= {"write"} if "w" in entry["access"] else set()
+        if managed_directory(p, used) is not None:
+            continue  # systemd chowns managed directories to the dynamic user
+        mode = int(st["mode"], 8)
+        for op, bit in needs.items():
+            if op in used and not mode & bit and not (op == "write" and p in created_paths(ctx)):
+                return p, f"mode {st['mode']}, owner uid {st['uid']}"
+    return None
+
+
 def kernel_required_capabilities(ctx: RuleContext) -> list[str]:
     return list(ctx.profile.get("capabilities", {}).get("required", []))
 
@@ -141,6 +165,11 @@ def identity_choice(ctx: RuleContext) -> tuple[str, str]:
                     if c["call"] in ("setuid", "setresuid", "setreuid", "setgid", "setresgid", "setgroups")]
         if switches:
             return "root", "the service switches identity itself (setuid/setgid seen); it must start as root"
+        private = _private_to_owner(ctx)
+        if private:
+            path, why = private
+            return "root", (f"it opens {show(path)} ({why}), which an unprivileged user could not; "
+                            "pass --user NAME (and --setup) to give such files to the service user")
         outside = [p for p, f in written_files(ctx) if managed_directory(p, f["ops"]) is None
                    and not under(p, API_FILESYSTEMS) and not (under(p, TMP_DIRS) and p in created_paths(ctx))]
         if outside:

@@ -10,7 +10,7 @@ from .evidence import identity_choice
 from .registry import rule
 
 
-def _primary_group(user: str) -> str | None:
+def primary_group(user: str) -> str | None:
     try:
         return grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
     except KeyError:
@@ -24,7 +24,7 @@ def identity(ctx: RuleContext):
         yield Directive("DynamicUser", ("yes",), f"a fresh unprivileged user per start: {why}")
     elif kind == "user":
         user = ctx.options.user or ctx.profile["run"]["user"].get("name") or str(ctx.profile["run"]["user"]["uid"])
-        group = ctx.options.group or _primary_group(user) or user
+        group = ctx.options.group or primary_group(user) or user
         yield Directive("User", (user.encode(),), f"not root: {why}")
         yield Directive("Group", (group.encode(),), "the service user's group")
     else:

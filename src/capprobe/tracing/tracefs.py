@@ -50,10 +50,26 @@ class ProbeStats:
     instance_left_behind: str | None = None  # rmdir kept failing (reclaimed by a later probe)
 
 
+PROC_PID_INIT_INO = 0xEFFFFFFC  # the initial pid namespace's inode number (include/linux/proc_ns.h)
+
+
+def in_initial_pid_namespace() -> bool:
+    """tracefs filters and reports host pids; inside a container capprobe only knows its own."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino == PROC_PID_INIT_INO
+    except OSError:
+        return True
+
+
 def ensure_tracefs(root: Path = TRACEFS) -> Path:
     """Return the tracefs root, mounting it if needed; ProbeUnavailable when impossible."""
     if os.geteuid() != 0:
         raise ProbeUnavailable("capability probe needs root (tracefs instances are root-only)")
+    if not in_initial_pid_namespace():
+        # set_event_pid takes host pids and events carry host pids: from a pid namespace
+        # the filter would match nothing (measured: 0 checks under systemd-nspawn), and
+        # stale-instance clean-up could not tell live owners from dead ones.
+        raise ProbeUnavailable("running in a pid namespace (container): tracefs sees host pids only")
     if not (root / "instances").is_dir():
         result = subprocess.run(["mount", "-t", "tracefs", "nodev", str(root)],
                                 capture_output=True, text=True)
