@@ -7,7 +7,7 @@ import os
 import pytest
 
 from capprobe.rules.base import Directive
-from capprobe.verify.attribute import Blame, allowed_by_filter, blame_from_status, blame_from_trace, relax
+from capprobe.verify.attribute import Blame, allowed_by_filter, blame_from_status, blame_from_trace, relax_unit_text
 from capprobe.verify.tighten import traced_rerun_text, unit_settings
 
 from conftest import capprobe
@@ -46,7 +46,7 @@ def test_allowed_set_replays_filter_lines_in_order():
 def test_trace_failures_point_at_one_directive_each():
     traced = {
         "files": [{"path": "/srv/other/new.db", "ops": {}, "failed": [
-            {"op": "create", "errno": "EROFS", **BY}]}],
+            {"op": "create", "errno": "EROFS", **BY}, {"op": "truncate", "errno": "EROFS", **BY}]}],
         "network": {"socket_failures": [{"family": "AF_NETLINK", "type": "SOCK_RAW", "protocol": "0",
                                          "errno": "EAFNOSUPPORT", **BY}],
                     "binds": [{"family": "AF_INET", "type": "SOCK_STREAM", "address": "0.0.0.0", "port": 9090,
@@ -62,26 +62,51 @@ def test_trace_failures_point_at_one_directive_each():
                    ("CapabilityBoundingSet", "CAP_NET_BIND_SERVICE")}
 
 
+UNIT_TEXT = """[Unit]
+Description=svc
+[Service]
+User=svc
+ExecStart=/usr/bin/svc
+CapabilityBoundingSet=
+ProtectSystem=strict
+ReadWritePaths=/srv/data
+RestrictAddressFamilies=AF_INET
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged
+SystemCallFilter=~@clock
+SocketBindAllow=tcp:8080
+SocketBindDeny=any
+"""
+
+
+def settings_of(text):
+    return [(k, v) for k, v in unit_settings(text)]
+
+
 def test_relax_opens_exactly_the_one_item():
-    base = unit()
-    out, what = relax(base, Blame("SystemCallFilter", "chown", "chown() refused"), GROUPS)
-    keys = [(d.key, d.values) for d in out]
-    assert ("SystemCallFilter", ("@system-service", "chown")) in keys
-    assert ("SystemCallFilter", ("~@privileged",)) not in keys  # it would take chown away again
-    assert ("SystemCallFilter", ("~@clock",)) in keys           # untouched
-    assert "chown" in what
-    out, _ = relax(base, Blame("ReadWritePaths", "/srv/other", "EROFS"))
-    assert [d.values for d in out if d.key == "ReadWritePaths"] == [(b"/srv/data", b"/srv/other")]
-    out, _ = relax(base, Blame("CapabilityBoundingSet", "CAP_CHOWN", "EPERM"))
-    assert [d.values for d in out if d.key == "CapabilityBoundingSet"] == [("CAP_CHOWN",)]
-    out, _ = relax(base, Blame("SocketBindAllow", "tcp:9090", "EPERM"))
-    assert [d.values for d in out if d.key == "SocketBindAllow"] == [("tcp:8080",), ("tcp:9090",)]
-    # everything else is the same list, in the same order
-    assert [d.key for d in out if d.key != "SocketBindAllow"] == [d.key for d in base if d.key != "SocketBindAllow"]
+    base = settings_of(UNIT_TEXT)
+    text, what = relax_unit_text(UNIT_TEXT, Blame("SystemCallFilter", "chown", "chown() refused"), GROUPS)
+    got = settings_of(text)
+    assert ("SystemCallFilter", "@system-service chown") in got
+    assert ("SystemCallFilter", "~@privileged") not in got   # it would take chown away again
+    assert ("SystemCallFilter", "~@clock") in got            # untouched
+    assert "chown" in what and "# relaxed by capprobe tighten: chown() refused" in text
+    text, _ = relax_unit_text(UNIT_TEXT, Blame("ReadWritePaths", "/srv/other dir", "EROFS"))
+    assert [v for k, v in settings_of(text) if k == "ReadWritePaths"] == ["/srv/data", '"/srv/other dir"']
+    text, _ = relax_unit_text(UNIT_TEXT, Blame("CapabilityBoundingSet", "CAP_CHOWN", "EPERM"))
+    got = settings_of(text)
+    assert ("CapabilityBoundingSet", "CAP_CHOWN") in got and ("AmbientCapabilities", "CAP_CHOWN") in got
+    # everything else is the same, in the same order
+    assert [kv for kv in got if kv[0] not in ("CapabilityBoundingSet", "AmbientCapabilities")] == \
+        [kv for kv in base if kv[0] != "CapabilityBoundingSet"]
+    text, _ = relax_unit_text(UNIT_TEXT, Blame("SocketBindAllow", "tcp:9090", "EPERM"))
+    assert [v for k, v in settings_of(text) if k == "SocketBindAllow"] == ["tcp:8080", "tcp:9090"]
     with pytest.raises(ValueError):
-        relax(base, Blame("RestrictAddressFamilies", "AF_INET", "already there"))
+        relax_unit_text(UNIT_TEXT, Blame("RestrictAddressFamilies", "AF_INET", "already there"))
     with pytest.raises(ValueError):
-        relax(base, Blame("ProtectSystem", None, "vague"))
+        relax_unit_text(UNIT_TEXT, Blame("ProtectSystem", None, "vague"))
+    hostile, _ = relax_unit_text(UNIT_TEXT, Blame("SocketBindAllow", "tcp:1", "x\nExecStartPre=/bin/sh -c evil"))
+    assert "ExecStartPre" not in [k for k, _ in settings_of(hostile)]
 
 
 def test_traced_rerun_keeps_the_sandbox_but_drops_the_filter():

@@ -16,7 +16,6 @@ Prints one PASS/FAIL line per check, `N passed, N failed`, the exposure table;
 writes /mnt/vmtest/results/results.json for the host; exits 0 only if all passed.
 """
 
-import errno
 import json
 import os
 import re
@@ -684,7 +683,120 @@ class Arctic(Workload):
         self.cleanup_net()
 
 
-WORKLOADS = {w.name: w for w in (Nginx, Caddy, Dness, Restic, Arctic)}
+BREAKME_SCRIPT = """#!/usr/bin/python3
+# A oneshot that needs exactly: its data directory writable, CAP_NET_BIND_SERVICE, bind().
+import socket, sys
+with open("/srv/vt-break/data/state", "w") as f:
+    f.write("ok\\n")
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 81))
+s.close()
+"""
+
+
+class Tighten(Workload):
+    """verify and tighten under the real systemd: break the unit three ways on purpose;
+    verify must name the directive, tighten must repair exactly that and nothing else."""
+    name, unit = "tighten", "vt-breakme"
+
+    def prepare(self):
+        (LIB / "breakme").write_text(BREAKME_SCRIPT)
+        os.chmod(LIB / "breakme", 0o755)
+        Path("/srv/vt-break/data").mkdir(parents=True, exist_ok=True)
+
+    def command(self):
+        return [str(LIB / "breakme")]
+
+    def run(self) -> None:
+        say(f"=== {self.name}")
+        t0 = time.monotonic()
+        try:
+            self.prepare()
+            if self.profile() is None:
+                return
+            good = (WORK / self.name / f"{self.unit}.service").read_text()
+            self.verify_case("the generated unit", good, expect=None)
+            data_dir = "/srv/vt-break/data"
+            cases = [
+                ("drop a needed capability", _set_key(good, "CapabilityBoundingSet", ""),
+                 ("CapabilityBoundingSet", "CAP_NET_BIND_SERVICE")),
+                ("remove the written directory from ReadWritePaths", _drop_key(good, "ReadWritePaths"),
+                 ("ReadWritePaths", data_dir)),
+                ("remove a needed syscall", _add_after(good, "SystemCallErrorNumber", "SystemCallFilter=~bind"),
+                 ("SystemCallFilter", "bind")),
+            ]
+            for label, broken, expect in cases:
+                self.verify_case(label, broken, expect)
+                self.tighten_case(label, good, broken, expect)
+        except Exception as e:
+            check(self.name, "ran to the end", False, f"{type(e).__name__}: {e}")
+            traceback.print_exc(file=sys.stdout)
+        finally:
+            say(f"  ({self.name}: {time.monotonic() - t0:.1f} s)")
+
+    def verify_case(self, label, text, expect):
+        path = WORK / self.name / "case.service"
+        path.write_text(text)
+        r = sh([*CAPPROBE, "verify", str(path), "--duration", "2"], timeout=300)
+        for line in (r.stdout + r.stderr).splitlines():
+            say(f"  | {line}")
+        if expect is None:
+            check(self.name, f"verify passes {label}", r.returncode == 0 and "PASS" in r.stdout, f"exit {r.returncode}")
+        else:
+            named = f"caused by {expect[0]} ({expect[1]})" in r.stdout
+            check(self.name, f"verify names {expect[0]} ({expect[1]}) after: {label}",
+                  r.returncode == 1 and named, f"exit {r.returncode}")
+
+    def tighten_case(self, label, good, broken, expect):
+        path = WORK / self.name / "broken.service"
+        path.write_text(broken)
+        out = WORK / self.name / "tightened.service"
+        r = sh([*CAPPROBE, "tighten", "--unit", str(path), "--duration", "2", "-o", str(out), "--force"], timeout=600)
+        for line in (r.stdout + r.stderr).splitlines():
+            say(f"  | {line}")
+        if label == "drop a needed capability":
+            shutil.copy2(path, RESULTS / "tighten-example.broken.service")
+            (RESULTS / "tighten-example.txt").write_text(r.stdout + r.stderr)
+        relaxed = [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("capprobe: relaxed ")]
+        ok = (r.returncode == 0 and len(relaxed) == 1 and f"relaxed {expect[0]} += {expect[1]} " in relaxed[0])
+        check(self.name, f"tighten repairs exactly {expect[0]} += {expect[1]} after: {label}", ok,
+              f"exit {r.returncode}, relaxations: {len(relaxed)}")
+        if ok:
+            # nothing else changed: the repaired unit's settings equal the broken one's plus that item
+            b = _settings(broken)
+            t = _settings(out.read_text())
+            extra = [kv for kv in t if kv not in b]
+            gone = [kv for kv in b if kv not in t]
+            check(self.name, f"tighten changed nothing else after: {label}",
+                  len(extra) == 1 and expect[1] in extra[0][1] and
+                  all(k in (expect[0], "AmbientCapabilities") or "bind" in v for k, v in gone),
+                  f"added {extra}, changed {gone}")
+
+
+def _settings(text: str) -> list[tuple[str, str]]:
+    return [tuple(x.strip() for x in line.split("=", 1)) for line in text.splitlines()
+            if line and not line.startswith(("#", "[")) and "=" in line]
+
+
+def _set_key(text: str, key: str, value: str) -> str:
+    return "\n".join(f"{key}={value}" if line.startswith(key + "=") else line for line in text.splitlines()) + "\n"
+
+
+def _drop_key(text: str, key: str) -> str:
+    return "\n".join(line for line in text.splitlines() if not line.startswith(key + "=")) + "\n"
+
+
+def _add_after(text: str, key: str, new: str) -> str:
+    out = []
+    for line in text.splitlines():
+        out.append(line)
+        if line.startswith(key + "="):
+            out.append(new)
+    return "\n".join(out) + "\n"
+
+
+WORKLOADS = {w.name: w for w in (Nginx, Caddy, Dness, Restic, Arctic, Tighten)}
 
 
 def environment() -> None:

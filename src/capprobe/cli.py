@@ -217,7 +217,7 @@ def demo(output) -> None:
     sys.exit(code)
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@main.command()
 @click.argument("unit_file", type=click.Path(path_type=Path))
 @click.option("--check", default=None, help="A command that must succeed while the service runs (curl, a CLI call).")
 @click.option("--duration", type=click.FloatRange(min=0), default=5.0, show_default=True,
@@ -266,6 +266,8 @@ def _print_verdict(verdict) -> None:
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("-o", "--output", default=None, help="Unit file to write (default: <command>.service).")
+@click.option("--unit", "start_unit", type=click.Path(path_type=Path), default=None,
+              help="Start from this unit instead of profiling COMMAND.")
 @click.option("--profile", "profile_out", type=click.Path(path_type=Path), default=None,
               help="Also keep the profile here.")
 @click.option("--check", default=None, help="A command that must succeed while the service runs.")
@@ -274,12 +276,9 @@ def _print_verdict(verdict) -> None:
 @click.option("--user", default=None, help="Run the service as this user.")
 @click.option("--dynamic-user", is_flag=True, help="DynamicUser=yes.")
 @click.option("--force", is_flag=True, help="Replace existing files.")
-@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
-def tighten(output, profile_out, check, duration, user, dynamic_user, force, command) -> None:
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def tighten(output, start_unit, profile_out, check, duration, user, dynamic_user, force, command) -> None:
     """Profile COMMAND, synthesize its unit, verify it under systemd, relax only what breaks."""
-    from .rules.registry import decide
-    from .rules.base import RuleContext
-    from .render.unit import render_unit
     from .syscall_groups import syscall_groups
     from .verify.systemd_host import NoSystemd, require_systemd
     from .verify.tighten import tighten as tighten_loop
@@ -288,24 +287,37 @@ def tighten(output, profile_out, check, duration, user, dynamic_user, force, com
     except NoSystemd as e:
         _fail(str(e))
     command = list(command)
-    name = _unit_name(os.path.basename(output) if output else os.path.basename(command[0]))
+    if not command and start_unit is None:
+        _fail("give the command after --, or a unit with --unit")
+    base = os.path.basename(output) if output else (
+        os.path.basename(str(start_unit)) if start_unit else os.path.basename(command[0]))
+    name = _unit_name(base)
     dest = Path(output or f"{name}.service")
     _check_output_path(dest)
-    if dest.exists() and not force:
+    if dest.exists() and not force and (start_unit is None or Path(start_unit).resolve() != dest.resolve()):
         _fail(f"{dest} exists; use --force to replace it")
-    try:
-        result = run_session(RunOptions(command=command, duration=duration, user=user))
-    except SessionError as e:
-        _fail(str(e), e.exit_code)
-    if profile_out is not None:
-        save_profile(result.profile, profile_out, force=force)
-    options = UnitOptions(name=name, user=user, dynamic_user=dynamic_user)
-    directives = decide(RuleContext(result.profile, options))
-    final, verdict, relaxations = tighten_loop(directives, options, result.profile, duration, check,
-                                               syscall_groups(), say=lambda m: click.echo(m, err=True))
+    profile = None
+    if start_unit is not None:
+        try:
+            text = Path(start_unit).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            _fail(f"cannot read {start_unit}: {e}")
+    else:
+        from .synthesis import synthesize
+        try:
+            result = run_session(RunOptions(command=command, duration=duration, user=user))
+        except SessionError as e:
+            _fail(str(e), e.exit_code)
+        profile = result.profile
+        if profile_out is not None:
+            save_profile(profile, profile_out, force=force)
+        text = synthesize(profile, UnitOptions(name=name, user=user, dynamic_user=dynamic_user),
+                          score=False).unit_text
+    final, verdict, relaxations = tighten_loop(text, name, duration, check, syscall_groups(), profile,
+                                               say=lambda m: click.echo(m, err=True))
     _print_verdict(verdict)
-    text = render_unit(final, options, result.profile)
-    write_atomically(dest, text.encode(), force)
+    write_atomically(dest, final.encode(), force=True if start_unit is not None and
+                     Path(start_unit).resolve() == dest.resolve() else force)
     click.echo(f"capprobe: {len(relaxations)} relaxation(s); unit written to {dest}"
                + ("" if verdict.passed else " (it still FAILS: see above)"), err=True)
     sys.exit(0 if verdict.passed else 1)

@@ -61,13 +61,18 @@ def blame_from_trace(traced: dict, allowed_syscalls: frozenset[str] | None,
             seen.add((directive, item))
             blames.append(Blame(directive, item, evidence))
 
+    read_only: dict[bytes, str] = {}
     for f in traced.get("files", []):
         for fail in f.get("failed", []):
             if fail["errno"] == "EROFS" and fail["op"] in WRITE_OPS:
                 raw = decode_path(f["path"])
                 target = os.path.dirname(raw) if fail["op"] in ENTRY_OPS else raw
-                add("ReadWritePaths", os.fsdecode(target),
-                    f"{fail['op']} {display_path(f['path'])} failed with EROFS (x{fail['count']})")
+                read_only.setdefault(target, f"{fail['op']} {display_path(f['path'])} failed with EROFS "
+                                             f"(x{fail['count']})")
+    for target, why in sorted(read_only.items()):
+        # one directory opens everything below it: never a second item for the same failure
+        if not any(other != target and target.startswith(other.rstrip(b"/") + b"/") for other in read_only):
+            add("ReadWritePaths", os.fsdecode(target), why)
     for s in traced.get("network", {}).get("socket_failures", []):
         if s["errno"] == "EAFNOSUPPORT" and s["family"] not in families:
             add("RestrictAddressFamilies", s["family"], f"socket({s['family']}) failed with EAFNOSUPPORT")
@@ -113,62 +118,87 @@ def allowed_by_filter(directives: list[Directive], groups: dict[str, frozenset[s
     return frozenset(allowed)
 
 
-def relax(directives: list[Directive], blame: Blame,
-          groups: dict[str, frozenset[str]] | None = None) -> tuple[list[Directive], str]:
-    """Directives with exactly the one item of BLAME opened; returns (new list, what changed)."""
+def relax_unit_text(unit_text: str, blame: Blame,
+                    groups: dict[str, frozenset[str]] | None = None) -> tuple[str, str]:
+    """The unit text with exactly the one item of BLAME opened; returns (new text, what changed).
+
+    Works on text so that hand-edited units can be verified and tightened too; every
+    changed line is preceded by a comment saying why. Raises ValueError when there is
+    nothing precise to open (the caller stops instead of loosening blindly).
+    """
+    from ..render.quoting import render_value
     if blame.item is None:
         raise ValueError(f"{blame.directive}: nothing precise to open ({blame.evidence})")
-    out = list(directives)
-    why = f"because {blame.evidence}"
+    groups = groups or {}
+    lines = unit_text.splitlines()
+    why = f"# relaxed by capprobe tighten: {_one_line(blame.evidence)}"
+    keys = [_key(line) for line in lines]
 
-    def append_to(key: str, value, missing_ok: bool = False):
-        for i, d in enumerate(out):
-            if d.key == key:
-                if value in d.values:
-                    return False
-                out[i] = Directive(d.key, (*d.values, value), f"{d.comment}; relaxed: +{_show(value)} {why}",
-                                   d.section, d.hardening, d.rule)
-                return True
-        if missing_ok:
-            out.append(Directive(key, (value,), f"relaxed: {why}", rule="tighten"))
-            return True
-        return False
+    def value_of(i: int) -> str:
+        return lines[i].split("=", 1)[1].strip()
 
-    if blame.directive == "ReadWritePaths":
-        changed = append_to("ReadWritePaths", os.fsencode(blame.item), missing_ok=True)
-    elif blame.directive == "RestrictAddressFamilies":
-        out = [d for d in out if not (d.key == "RestrictAddressFamilies" and d.values == ("none",))] \
-            if any(d.key == "RestrictAddressFamilies" and d.values == ("none",) for d in out) else out
-        changed = append_to("RestrictAddressFamilies", blame.item, missing_ok=True)
-        out = [d for d in out if d.key != "PrivateNetwork"] if blame.item != "AF_UNIX" else out
-    elif blame.directive == "SystemCallFilter":
-        first = next((i for i, d in enumerate(out) if d.key == "SystemCallFilter"), None)
-        if first is None:
-            raise ValueError("no SystemCallFilter= to relax")
-        d = out[first]
-        out[first] = Directive(d.key, (*d.values, blame.item), f"{d.comment}; relaxed: +{blame.item} {why}",
-                               d.section, d.hardening, d.rule)
-        # a later deny line naming a group with this syscall would take it away again
-        groups = groups or {}
-        out = [x for x in out if not (x.key == "SystemCallFilter" and x is not out[first] and x.values
-                                      and str(x.values[0]).startswith("~")
-                                      and blame.item in set().union(*(groups.get(v.lstrip("~"), ())
-                                                                      for v in x.values)))]
-        changed = True
-    elif blame.directive == "CapabilityBoundingSet":
-        changed = append_to("CapabilityBoundingSet", blame.item, missing_ok=True)
-        if any(d.key == "AmbientCapabilities" or d.key == "User" or d.key == "DynamicUser" for d in out):
-            append_to("AmbientCapabilities", blame.item, missing_ok=True)
-    elif blame.directive == "SocketBindAllow":
-        idx = next((i for i, d in enumerate(out) if d.key == "SocketBindDeny"), len(out))
-        out.insert(idx, Directive("SocketBindAllow", (blame.item,), f"relaxed: {why}", rule="tighten"))
-        changed = True
+    def set_line(i: int, text: str) -> None:
+        lines[i:i + 1] = [why, text]
+
+    def insert_after(anchor_keys: tuple[str, ...], text: str) -> None:
+        idx = max((i for i, k in enumerate(keys) if k in anchor_keys), default=None)
+        if idx is None:
+            idx = next(i for i, line in enumerate(lines) if line.strip() == "[Service]")
+        lines[idx + 1:idx + 1] = [why, text]
+
+    item, directive = blame.item, blame.directive
+    if directive == "ReadWritePaths":
+        rendered = render_value("ReadWritePaths", os.fsencode(item))
+        if rendered is None:
+            raise ValueError(f"{item!r} cannot be written in unit syntax")
+        insert_after(("ReadWritePaths", "ProtectSystem"), f"ReadWritePaths={rendered}")
+    elif directive in ("RestrictAddressFamilies", "CapabilityBoundingSet"):
+        render_value(directive, item)  # a word: raises if it is not one
+        idx = [i for i, k in enumerate(keys) if k == directive]
+        if not idx:
+            raise ValueError(f"no {directive}= line: {item} is not restricted by this unit")
+        current = value_of(idx[-1]).split()
+        if item in current:
+            raise ValueError(f"{directive} already allows {item}; the failure has another cause")
+        words = [w for w in current if w != "none"] + [item]
+        set_line(idx[-1], f"{directive}={' '.join(words)}")
+        if directive == "CapabilityBoundingSet" and any(k in ("User", "DynamicUser") for k in keys):
+            keys = [_key(line) for line in lines]
+            amb = [i for i, k in enumerate(keys) if k == "AmbientCapabilities"]
+            if amb:
+                set_line(amb[-1], f"AmbientCapabilities={' '.join(value_of(amb[-1]).split() + [item])}")
+            else:
+                insert_after(("CapabilityBoundingSet",), f"AmbientCapabilities={item}")
+        if directive == "RestrictAddressFamilies" and item != "AF_UNIX":
+            lines = [line for line in lines if _key(line) != "PrivateNetwork"]
+    elif directive == "SystemCallFilter":
+        render_value("SystemCallFilter", item)
+        idx = [i for i, k in enumerate(keys) if k == "SystemCallFilter"]
+        allow = [i for i in idx if not value_of(i).startswith("~")]
+        if not allow:
+            raise ValueError("no allow-list SystemCallFilter= line to add to")
+        denies = [i for i in idx if value_of(i).startswith("~") and item in _expand(value_of(i), groups)]
+        for i in reversed(denies):  # a later deny line would take the syscall away again
+            lines[i] = f"# {lines[i]}  (disabled by capprobe tighten: it denies {item})"
+        set_line(allow[0], f"SystemCallFilter={value_of(allow[0])} {item}")
+    elif directive == "SocketBindAllow":
+        render_value("SocketBindAllow", item)
+        insert_after(("SocketBindAllow",), f"SocketBindAllow={item}")
     else:
-        raise ValueError(f"no precise relaxation for {blame.directive}")
-    if not changed:
-        raise ValueError(f"{blame.directive} already allows {blame.item}; the failure has another cause")
-    return out, f"{blame.directive} += {blame.item} ({blame.evidence})"
+        raise ValueError(f"no precise relaxation for {directive}")
+    return "\n".join(lines) + "\n", f"{directive} += {item} ({blame.evidence})"
 
 
-def _show(value) -> str:
-    return os.fsdecode(value) if isinstance(value, bytes) else str(value)
+def _key(line: str) -> str:
+    return line.split("=", 1)[0].strip() if "=" in line and not line.lstrip().startswith(("#", ";")) else ""
+
+
+def _expand(value: str, groups: dict[str, frozenset[str]]) -> set[str]:
+    names: set[str] = set()
+    for word in value.lstrip("~").split():
+        names |= set(groups.get(word, ())) if word.startswith("@") else {word}
+    return names
+
+
+def _one_line(text: str) -> str:
+    return "".join(c if c.isprintable() else " " for c in text)[:200]

@@ -7,9 +7,8 @@ import shutil
 from dataclasses import dataclass, field
 
 from ..facts.collector import FactCollector
-from ..render.unit import render_unit
-from ..rules.base import Directive, UnitOptions
-from .attribute import Blame, allowed_by_filter, blame_from_status, blame_from_trace, relax
+from ..rules.base import Directive
+from .attribute import Blame, allowed_by_filter, blame_from_status, blame_from_trace, relax_unit_text
 from .systemd_host import UnitRun, run_unit, traced_rerun_dir
 
 STRACE = "/usr/bin/strace"
@@ -106,26 +105,26 @@ def traced_blames(unit_text: str, name: str, duration: float, check: str | None,
     return blame_from_trace(traced, allowed_by_filter(filter_lines, groups), families, bind_allowed)
 
 
-def tighten(directives: list[Directive], options: UnitOptions, profile: dict, duration: float,
-            check: str | None, groups, say=print) -> tuple[list[Directive], Verdict, list[str]]:
-    """Verify; relax exactly the blamed item; repeat up to a bound. Returns the tightest passing unit."""
+def tighten(unit_text: str, name: str, duration: float, check: str | None, groups,
+            profile: dict | None = None, say=print) -> tuple[str, Verdict, list[str]]:
+    """Verify; relax exactly the blamed items; repeat up to a bound. Returns the tightest passing unit."""
     relaxations: list[str] = []
     for _ in range(MAX_RELAXATIONS + 1):
-        text = render_unit(directives, options, profile)
-        verdict = verify_text(text, options.name, duration, check, groups, profile)
+        verdict = verify_text(unit_text, name, duration, check, groups, profile)
         if verdict.passed:
-            return directives, verdict, relaxations
+            return unit_text, verdict, relaxations
         precise = [b for b in verdict.blames if b.item is not None]
         if not precise:
-            say(f"capprobe: stopping: {verdict.explanation or verdict.blames[0].evidence}")
-            return directives, verdict, relaxations
+            reason = verdict.explanation or (verdict.blames[0].evidence if verdict.blames else "no evidence")
+            say(f"capprobe: stopping, nothing precise to relax: {reason}")
+            return unit_text, verdict, relaxations
         for blame in precise:
             try:
-                directives, what = relax(directives, blame, groups)
+                unit_text, what = relax_unit_text(unit_text, blame, groups)
             except ValueError as e:
-                say(f"capprobe: cannot relax: {e}")
-                return directives, verdict, relaxations
+                say(f"capprobe: stopping: {e}")
+                return unit_text, verdict, relaxations
             relaxations.append(what)
             say(f"capprobe: relaxed {what}")
-    say(f"capprobe: still failing after {MAX_RELAXATIONS} relaxations; stopping")
-    return directives, verdict, relaxations
+    say(f"capprobe: still failing after {MAX_RELAXATIONS} rounds of relaxation; stopping")
+    return unit_text, verdict, relaxations
