@@ -256,3 +256,29 @@ def test_sigint_to_capprobe_reaches_the_target(tmp_path):
     assert proc.wait(timeout=30) == 128 + signal.SIGINT
     p = load(tmp_path / "p.json")
     assert p["run"]["ended_by"] == "SIGINT" and p["run"]["exit_signal"] == "SIGINT"
+
+
+def test_without_strace_one_line_and_nonzero(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    os.symlink("/bin/true", bin_dir / "true")
+    env = {**os.environ, "PATH": str(bin_dir)}
+    r = capprobe("run", "-o", str(tmp_path / "p.json"), "--", "true", env=env)
+    assert r.returncode != 0 and r.stderr.strip().count("\n") == 0 and "strace" in r.stderr
+    assert not (tmp_path / "p.json").exists()
+
+
+@needs_root
+def test_where_the_kernel_probe_cannot_run_capabilities_are_inferred_and_the_profile_says_so(tmp_path):
+    # A pid namespace is such a place (tracefs filters by host pids): capprobe must say so and infer.
+    out = tmp_path / "p.json"
+    r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "capprobe", "run",
+                        "--no-unit", "-o", str(out), "--", SYSTEM_PYTHON, "-c",
+                        "import socket; socket.socket().bind(('127.0.0.1', 82))"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    p = load(out)
+    assert p["capabilities"]["method"] == "inferred"
+    assert "pid namespace" in p["capabilities"]["why_no_kernel_probe"]
+    assert "inferred from syscalls" in r.stderr
+    assert p["capabilities"]["required"] == ["CAP_NET_BIND_SERVICE"]
