@@ -232,3 +232,21 @@ def test_inference_table_agrees_with_the_tracepoint(case, netns, tmp_path):
     kernel = required(p)
     inferred = inferred_required_set(infer_capabilities(p))
     assert inferred == kernel, (case, kernel, inferred)
+
+
+@pytest.mark.skipif(shutil.which("bpftrace") is None, reason="bpftrace not installed (Debian package bpftrace)")
+def test_bpftrace_backend_gives_the_same_capabilities_as_tracefs(tmp_path):
+    f = tmp_path / "owned"
+    f.write_text("x")
+    profiles = {}
+    for backend in ("tracefs", "bpftrace"):
+        out = tmp_path / f"{backend}.json"
+        r = capprobe("run", "-q", "--no-unit", "--cap-probe", backend, "-o", str(out), "--",
+                     "sh", "-c", f"chown 1000 {f} && chown 0 {f}")
+        assert r.returncode == 0, r.stderr
+        profiles[backend] = load(out)
+    for backend, p in profiles.items():
+        assert p["capabilities"]["method"] == backend
+        assert p["capabilities"]["required"] == ["CAP_CHOWN"]
+        (use,) = uses(p, "CAP_CHOWN")
+        assert use["count"] == 2 and str(f) in use["targets"] and by_exe(use) == "chown"

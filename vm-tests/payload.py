@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Runs INSIDE the nspawn guest, as root, under the guest's real systemd (PID 1).
+"""Runs INSIDE the guest (nspawn or qemu tier), as root, under the guest's real systemd (PID 1).
 
 For each reference workload, as an operator would on a staging host:
   a. profile it with `python3 -m capprobe run` (inside the guest),
@@ -40,7 +40,17 @@ CAPPROBE = [sys.executable, "-m", "capprobe"]
 # The kernel capability probe (tracefs) is off by default in the guest: tracefs is the
 # host kernel's, shared with everything on the host, and capprobe's probe does not
 # work from inside a pid namespace (README: "tracefs in the guest"). VMTEST_CAP_PROBE=1.
+# The qemu tier boots Debian's own kernel with PID 1 in the initial pid namespace: there
+# capprobe runs as an operator would run it (no --no-cap-probe, config "auto") and the
+# method it chose is checked against what the guest kernel offers.
 CAP_PROBE = False
+TIER = "nspawn"
+CAP_TRACEPOINT = Path("/sys/kernel/tracing/events/capability/cap_capable")
+HAS_TRACEPOINT = False
+HOST_KERNEL = ""
+SLOW = 1.0   # qemu tier (software emulation): waits are multiplied by it
+EMULATED_DURATION = 120   # qemu tier: --duration is an upper bound, the exerciser ends the run
+methods: list[dict] = []
 BPF_FRAMEWORK = False   # systemd built with it enforces SocketBindAllow=/Deny=
 
 checks: list[dict] = []
@@ -73,7 +83,7 @@ def sh(cmd, check_rc=False, timeout=120, **kw) -> subprocess.CompletedProcess:
 
 
 def wait_for(pred, timeout=15.0, step=0.2) -> bool:
-    end = time.monotonic() + timeout
+    end = time.monotonic() + timeout * SLOW
     while time.monotonic() < end:
         if pred():
             return True
@@ -332,7 +342,7 @@ class Workload:
         raise NotImplementedError
 
     def prepare(self) -> None: ...
-    def exercise(self) -> None: ...          # while being profiled
+    def exercise(self) -> bool | None: ...   # while being profiled; True: did all it does
     def between(self) -> None: ...           # after profiling, before the unit starts
     def works(self) -> None: ...             # checks on the running (or finished) unit
     def finish(self) -> None: ...
@@ -347,14 +357,21 @@ class Workload:
         if not CAP_PROBE:
             cmd += ["--no-cap-probe"]
         if self.duration:
-            cmd += ["--duration", str(self.duration), "--grace", "3"]
+            # under emulation strace slows Python startup ~7x (pyroute2's import alone: 17 s):
+            # the duration is only an upper bound there and the run ends once exercised
+            duration = self.duration if SLOW == 1 else EMULATED_DURATION
+            cmd += ["--duration", f"{duration:g}", "--grace", "3"]
         cmd += ["--", *self.command()]
         say(f"  $ {shlex.join(cmd)}")
         t0 = time.monotonic()
         log = open(d / "capprobe-run.log", "w")
         p = self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=d)
         try:
-            self.exercise()
+            done = self.exercise()
+            if done and SLOW != 1 and self.duration and p.poll() is None:
+                time.sleep(1)
+                p.terminate()   # capprobe passes SIGTERM on to the target, as --duration does
+                say(f"  (exercised after {time.monotonic() - t0:.1f} s: SIGTERM to capprobe)")
         except Exception as e:  # the exerciser only makes the profile richer
             info(self.name, f"exercise during profiling failed: {e}")
         try:
@@ -379,6 +396,19 @@ class Workload:
             why = f"{caps.get('checks', '?')} kernel checks seen, {caps.get('lost_events', '?')} lost"
         info(self.name, f"capabilities {method}{' (' + why + ')' if why else ''}: "
              f"{' '.join(caps.get('required', [])) or 'none'}")
+        methods.append({"workload": self.name, "method": method, "why": why,
+                        "required": caps.get("required", [])})
+        if TIER == "qemu":
+            # the guest's own kernel: capprobe must use the tracepoint when the kernel has
+            # it, and otherwise fall back to inference saying why
+            if HAS_TRACEPOINT:
+                check(self.name, "capprobe used the kernel probe (the guest kernel has cap_capable)",
+                      method == "tracefs" and caps.get("lost_events", 0) == 0 and caps.get("checks", 0) > 0,
+                      f"method {method}: {why}")
+            else:
+                check(self.name, "capprobe fell back to inference and says the tracepoint is missing",
+                      method == "inferred" and "cap_capable" in (caps.get("why_no_kernel_probe") or ""),
+                      f"method {method}: {why}")
         return data
 
     def install(self, prof_path: Path) -> str | None:
@@ -465,6 +495,7 @@ class Nginx(Workload):
         if wait_for(lambda: port_open(80) or self.proc.poll() is not None, 10) and self.proc.poll() is None:
             for _ in range(3):
                 http_get("http://127.0.0.1/")
+            return True
 
     def works(self):
         wait_for(lambda: port_open(80), 10)
@@ -487,6 +518,7 @@ class Caddy(Workload):
         if wait_for(lambda: port_open(80) or self.proc.poll() is not None, 10) and self.proc.poll() is None:
             for _ in range(3):
                 http_get("http://127.0.0.1/")
+            return True
 
     def works(self):
         wait_for(lambda: port_open(80), 10)
@@ -620,6 +652,11 @@ class Arctic(Workload):
     def command(self):
         return ["/usr/bin/python3", str(LIB / "arctic_like.py"), *self.args]
 
+    def exercise(self):
+        # the token is the last thing the agent writes before it holds
+        token = Path("/var/lib/arctic-token/recovery.token")
+        return wait_for(lambda: token.exists() or self.proc.poll() is not None, 30) and token.exists()
+
     def cleanup_net(self):
         sh("ip rule del priority 1000 fwmark 1 table 100; ip route flush table 100; "
            "nft delete table inet arctic")
@@ -738,7 +775,7 @@ class Tighten(Workload):
     def verify_case(self, label, text, expect):
         path = WORK / self.name / "case.service"
         path.write_text(text)
-        r = sh([*CAPPROBE, "verify", str(path), "--duration", "2"], timeout=300)
+        r = sh([*CAPPROBE, "verify", str(path), "--duration", f"{2 * SLOW:g}"], timeout=300)
         for line in (r.stdout + r.stderr).splitlines():
             say(f"  | {line}")
         if expect is None:
@@ -752,7 +789,7 @@ class Tighten(Workload):
         path = WORK / self.name / "broken.service"
         path.write_text(broken)
         out = WORK / self.name / "tightened.service"
-        r = sh([*CAPPROBE, "tighten", "--unit", str(path), "--duration", "2", "-o", str(out), "--force"], timeout=600)
+        r = sh([*CAPPROBE, "tighten", "--unit", str(path), "--duration", f"{2 * SLOW:g}", "-o", str(out), "--force"], timeout=600)
         for line in (r.stdout + r.stderr).splitlines():
             say(f"  | {line}")
         if label == "drop a needed capability":
@@ -816,12 +853,25 @@ def environment() -> None:
     version = sh(["systemctl", "--version"]).stdout
     ver = version.splitlines()[0]
     BPF_FRAMEWORK = "+BPF_FRAMEWORK" in version
+    global HAS_TRACEPOINT
+    if TIER == "qemu" and not Path("/sys/kernel/tracing/instances").is_dir():
+        sh(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"])
     tracing = "mounted" if Path("/sys/kernel/tracing/instances").is_dir() else "not mounted"
-    say(f"guest: PID 1 is {pid1} ({ver}); kernel {os.uname().release}; /sys/kernel/tracing {tracing}; "
+    HAS_TRACEPOINT = CAP_TRACEPOINT.is_dir()
+    try:
+        initial_ns = os.stat("/proc/self/ns/pid").st_ino == 0xEFFFFFFC
+    except OSError:
+        initial_ns = False
+    say(f"guest ({TIER}): PID 1 is {pid1} ({ver}); kernel {os.uname().release}; /sys/kernel/tracing {tracing}; "
+        f"capability:cap_capable tracepoint {'present' if HAS_TRACEPOINT else 'absent'}; "
+        f"pid namespace {'initial' if initial_ns else 'a child (container)'}; "
         f"/dev/net/tun {'present' if Path('/dev/net/tun').exists() else 'MISSING'}; "
         f"BPF_FRAMEWORK {'yes' if BPF_FRAMEWORK else 'no'}; capprobe kernel capability probe "
-        f"{'on' if CAP_PROBE else 'off (--no-cap-probe)'}")
+        f"{'on (capprobe decides)' if CAP_PROBE else 'off (--no-cap-probe)'}")
     check("guest", "PID 1 is systemd", pid1 == "systemd", pid1)
+    if TIER == "qemu":
+        check("guest", "own kernel, initial pid namespace", initial_ns and os.uname().release != HOST_KERNEL,
+              f"kernel {os.uname().release} (host {HOST_KERNEL}), pid namespace {'initial' if initial_ns else 'child'}")
     import click
     say(f"guest: python {sys.version.split()[0]}, click {click.__version__}")
 
@@ -829,13 +879,16 @@ def environment() -> None:
 def main() -> int:
     t0 = time.monotonic()
     RESULTS.mkdir(exist_ok=True)
-    global CAP_PROBE
+    global CAP_PROBE, TIER, HOST_KERNEL, SLOW
     try:
         config = json.loads((VT / "config.json").read_text())
     except (OSError, ValueError):
         config = {}
     wanted = config.get("workloads") or list(WORKLOADS)
-    CAP_PROBE = bool(config.get("cap_probe"))
+    CAP_PROBE = bool(config.get("cap_probe"))   # "auto" (qemu tier) is on: capprobe decides
+    TIER = config.get("tier") or "nspawn"
+    HOST_KERNEL = config.get("host_kernel", "")
+    SLOW = float(config.get("slow", 1))
     try:
         environment()
         unknown = [w for w in wanted if w not in WORKLOADS]
@@ -852,7 +905,7 @@ def main() -> int:
         passed = sum(c["ok"] for c in checks)
         failed = len(checks) - passed
         (RESULTS / "results.json").write_text(json.dumps(
-            {"checks": checks, "exposure": exposures, "notes": notes,
+            {"checks": checks, "exposure": exposures, "notes": notes, "methods": methods, "tier": TIER,
              "seconds": round(time.monotonic() - t0, 1)}, indent=1))
         say("")
         say(f"{'workload':<10} {'unit':<26} exposure")

@@ -22,6 +22,7 @@ class CapabilityRecorder:
         self.collector = collector
         self.strace_pid = strace_pid
         self.reason_off = reason_off
+        self.method = "tracefs"
         self.stats = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._pending: deque = deque()
@@ -31,23 +32,33 @@ class CapabilityRecorder:
     def start(cls, mode: str, strace_pid: int, collector, notes: list[str]) -> "CapabilityRecorder":
         """Arm the probe on the launcher's pid (strace and the target descend from it)."""
         if mode == "off":
-            return cls(None, collector, strace_pid, "turned off with --no-cap-probe")
+            return cls(None, collector, strace_pid, "turned off with --cap-probe off")
+        from .tracing.bpftrace import BpftraceCapabilityProbe
         from .tracing.tracefs import CapabilityProbe, ProbeUnavailable
+        backends = {"tracefs": CapabilityProbe, "bpftrace": BpftraceCapabilityProbe}
+        # tracefs first (this kernel's cap_capable tracepoint), then bpftrace (kprobes on
+        # kernels without it), then inference from the syscalls (fallback 2, in section()).
+        order = ["tracefs", "bpftrace"] if mode == "auto" else [mode]
         recorder = cls(None, collector, strace_pid, None)
-        try:
-            probe = CapabilityProbe(strace_pid, on_check=recorder._queue.put)
-            probe.start()
-        except ProbeUnavailable as e:
-            reason = getattr(e, "reason", str(e))
-            notes.append(f"no kernel capability probe ({reason}); capabilities are inferred from syscalls")
-            recorder.reason_off = reason
+        reasons = []
+        for name in order:
+            try:
+                probe = backends[name](strace_pid, on_check=recorder._queue.put)
+                probe.start()
+            except ProbeUnavailable as e:
+                reasons.append(f"{name}: {getattr(e, 'reason', str(e))}")
+                continue
+            except OSError as e:
+                reasons.append(f"{name}: {e.strerror or e}")
+                continue
+            recorder.probe, recorder.method = probe, name
+            recorder.aggregator = CapabilityUseAggregator(collector)
+            if reasons:
+                notes.append(f"capability probe: {name} ({'; '.join(reasons)})")
             return recorder
-        except OSError as e:
-            notes.append(f"no kernel capability probe ({e.strerror}); capabilities are inferred from syscalls")
-            recorder.reason_off = e.strerror or str(e)
-            return recorder
-        recorder.probe = probe
-        recorder.aggregator = CapabilityUseAggregator(collector)
+        reason = "; ".join(reasons)
+        notes.append(f"no kernel capability probe ({reason}); capabilities are inferred from syscalls")
+        recorder.reason_off = reason
         return recorder
 
     def drain(self, final: bool = False) -> None:
@@ -88,7 +99,7 @@ class CapabilityRecorder:
             self.stop()
             self.drain(final=True)
             self.aggregator.finish()
-            return self.aggregator.section("tracefs", self.stats)
+            return self.aggregator.section(self.method, self.stats)
         return inferred_section(profile, self.reason_off)
 
 

@@ -63,14 +63,17 @@ def main() -> None:
 @click.option("--drop-cap", "drop_caps", multiple=True, metavar="CAP",
               help="Start without this capability (repeatable): confirms which alternative of an "
                    "either-or check the kernel accepts.")
-@click.option("--no-cap-probe", is_flag=True, help="Do not ask the kernel for capability checks.")
+@click.option("--cap-probe", "cap_probe", type=click.Choice(["auto", "tracefs", "bpftrace", "off"]),
+              default="auto", show_default=True,
+              help="How to see capability checks: auto = tracefs, else bpftrace, else inferred from syscalls.")
+@click.option("--no-cap-probe", is_flag=True, help="Same as --cap-probe off.")
 @click.option("--unit", "unit_name", default=None,
               help="Name of the unit to synthesize beside the profile (default: <command>.service).")
 @click.option("--no-unit", is_flag=True, help="Write only the profile.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
-def run(output, force, duration, grace, user, group, caps, drop_caps, no_cap_probe, unit_name, no_unit,
-        quiet, command) -> None:
+def run(output, force, duration, grace, user, group, caps, drop_caps, cap_probe, no_cap_probe, unit_name,
+        no_unit, quiet, command) -> None:
     """Trace COMMAND (after --), write its profile and a hardened unit beside it."""
     command = list(command)
     if output is None:
@@ -86,7 +89,7 @@ def run(output, force, duration, grace, user, group, caps, drop_caps, no_cap_pro
         if unit_path.exists() and not force:
             _fail(f"{unit_path} exists; use --force to replace it, or --unit NAME")
     opts = RunOptions(command=command, duration=duration, grace=grace, user=user,
-                      group=group, caps=caps, cap_probe="off" if no_cap_probe else "auto",
+                      group=group, caps=caps, cap_probe="off" if no_cap_probe else cap_probe,
                       drop_caps=list(drop_caps))
     status = (lambda msg: None) if quiet else (lambda msg: click.echo(f"capprobe: {msg}", err=True))
     try:

@@ -65,7 +65,7 @@ class RunOptions:
     user: str | None = None
     group: str | None = None
     caps: str = "all"  # "all": keep every capability (ambient for --user); "none": drop all
-    cap_probe: str = "auto"  # "auto" | "off"
+    cap_probe: str = "auto"  # "auto" | "tracefs" | "bpftrace" | "off"
     drop_caps: list[str] = field(default_factory=list)  # e.g. ["CAP_NET_RAW"]: confirm an either-or choice
     cwd: str | None = None
 

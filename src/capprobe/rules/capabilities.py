@@ -6,11 +6,13 @@ from .base import Directive, RuleContext
 from .evidence import identity_choice, ownership_alternative, required_capabilities, show
 from .registry import rule
 
+KERNEL_METHODS = ("tracefs", "bpftrace")  # capabilities the kernel itself reported
+
 
 def _evidence(ctx: RuleContext, cap: str) -> str:
     caps = ctx.profile.get("capabilities", {})
     rows = [u for u in caps.get("uses", []) if u["capability"] == cap and u.get("status") in ("required", "inferred")]
-    if not rows and caps.get("method") == "tracefs":
+    if not rows and caps.get("method") in KERNEL_METHODS:
         # chosen through an either-or check (e.g. IP_TRANSPARENT also accepts NET_ADMIN)
         rows = [u for u in caps.get("uses", []) if cap in u.get("alternatives", []) and u.get("status") == "required"]
     parts = []
@@ -33,7 +35,7 @@ def bounding_set(ctx: RuleContext):
     if dropped:
         note += (f"; {' '.join(dropped)} was needed only for {', '.join(show(p) for p in paths)}: "
                  "the setup script (--setup) gives them to the service user instead")
-    source = "as the kernel checked them" if method == "tracefs" else f"method: {method}"
+    source = "as the kernel checked them" if method in KERNEL_METHODS else f"method: {method}"
     if not required:
         yield Directive("CapabilityBoundingSet", (), f"no capability required ({source}){note}")
     else:
