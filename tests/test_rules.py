@@ -269,3 +269,14 @@ def test_dynamic_user_only_when_an_unprivileged_user_could_open_everything():
     assert decide(identity.identity, profile(devices=[tun])) == {}
     tun["stat"]["mode"] = "0666"
     assert decide(identity.identity, profile(devices=[tun])) == {"DynamicUser": ("yes",)}
+
+
+def test_no_ownership_trade_when_the_service_chowned_the_files_itself():
+    caps = {"method": "tracefs", "required": ["CAP_CHOWN", "CAP_FOWNER"], "uses": [
+        {"capability": "CAP_FOWNER", "status": "required", "reason": "change mode or times of a file it does not own",
+         "targets": ["/srv/restore/key"], "count": 1, "exe": "/usr/bin/restic"},
+        {"capability": "CAP_CHOWN", "status": "required", "reason": "change a file's owner",
+         "targets": ["/srv/restore/key"], "count": 1, "exe": "/usr/bin/restic"}]}
+    p = profile(capabilities=caps, files=[f("/srv/restore/key", "create", "write", "chown", "chmod")])
+    got = decide(capabilities.bounding_set, p, user="nobody")
+    assert got["CapabilityBoundingSet"] == ("CAP_CHOWN", "CAP_FOWNER")

@@ -105,7 +105,7 @@ def no_instance_left_behind():
 def test_bind_port_80_needs_net_bind_service_from_inet_bind():
     if int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text()) <= 80:
         pytest.skip("ip_unprivileged_port_start <= 80: the kernel makes no check")
-    code = "import socket; s = socket.socket(); s.bind(('127.0.0.1', 80))"
+    code = "import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', 80))"
     child, probe, returncode, err = run_under_probe([PYTHON, "-c", code])
     assert returncode == 0, err
     uses = [classify(c) for c in probe.checks]
@@ -123,7 +123,8 @@ def test_bind_port_80_needs_net_bind_service_from_inet_bind():
 
 @needs_probe
 def test_bind_denied_for_unprivileged_user_is_recorded_as_denied():
-    code = "import socket\ntry:\n socket.socket().bind(('127.0.0.1', 80))\nexcept PermissionError:\n print('denied')"
+    code = ("import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+            "try:\n s.bind(('127.0.0.1', 80))\nexcept PermissionError:\n print('denied')")
     child, probe, returncode, err = run_under_probe([PYTHON, "-c", code], user=65534)
     assert returncode == 0, err
     binds = [classify(c) for c in probe.checks if c.cap == 10]
@@ -168,7 +169,8 @@ def test_two_probes_at_once_never_see_each_others_events(tmp_path):
     target.write_text("x")
     code = ("import socket, time\n"
             "for _ in range(20):\n"
-            "    socket.socket().bind(('127.0.0.1', 80)); time.sleep(0.01)")
+            "    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+            "    s.bind(('127.0.0.1', 80)); s.close(); time.sleep(0.01)")
     binder = HeldChild([PYTHON, "-c", code])
     chowner = HeldChild(["/bin/sh", "-c",
                          f"for i in 1 2 3 4 5 6 7 8 9 10; do chown 1000 {target}; done"])

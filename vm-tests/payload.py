@@ -858,14 +858,25 @@ def environment() -> None:
         sh(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"])
     tracing = "mounted" if Path("/sys/kernel/tracing/instances").is_dir() else "not mounted"
     HAS_TRACEPOINT = CAP_TRACEPOINT.is_dir()
+    kprobe = "n/a"
+    if TIER == "qemu":
+        # capprobe has no kprobe method (yet); record whether this kernel would allow one
+        try:
+            funcs = Path("/sys/kernel/tracing/available_filter_functions").read_text()
+            kprobe = "possible" if (Path("/sys/kernel/tracing/kprobe_events").exists()
+                                    and re.search(r"^cap_capable\b", funcs, re.M)) else "not possible"
+        except OSError as e:
+            kprobe = f"unknown ({e.strerror})"
     try:
         initial_ns = os.stat("/proc/self/ns/pid").st_ino == 0xEFFFFFFC
     except OSError:
         initial_ns = False
     say(f"guest ({TIER}): PID 1 is {pid1} ({ver}); kernel {os.uname().release}; /sys/kernel/tracing {tracing}; "
-        f"capability:cap_capable tracepoint {'present' if HAS_TRACEPOINT else 'absent'}; "
+        f"capability:cap_capable tracepoint "
+        f"{('present' if HAS_TRACEPOINT else 'absent') if tracing == 'mounted' else 'unknown'}; "
         f"pid namespace {'initial' if initial_ns else 'a child (container)'}; "
-        f"/dev/net/tun {'present' if Path('/dev/net/tun').exists() else 'MISSING'}; "
+        f"kprobe on cap_capable {kprobe}; "
+        f"/dev/net/tun {oct(os.stat('/dev/net/tun').st_mode & 0o777) if Path('/dev/net/tun').exists() else 'MISSING'}; "
         f"BPF_FRAMEWORK {'yes' if BPF_FRAMEWORK else 'no'}; capprobe kernel capability probe "
         f"{'on (capprobe decides)' if CAP_PROBE else 'off (--no-cap-probe)'}")
     check("guest", "PID 1 is systemd", pid1 == "systemd", pid1)

@@ -130,6 +130,10 @@ def ownership_alternative(ctx: RuleContext) -> tuple[list[str], list[bytes]]:
                 if not u.get("targets"):
                     return [], []  # a use we cannot pin to a path: keep the capability
                 for t in u["targets"]:
+                    if "chown" in ops_by_path.get(t, set()):
+                        # the service gave the file away itself (a restore): owning it
+                        # afterwards is the job, the privilege cannot be traded for ownership
+                        return [], []
                     raw = decode_path(t)
                     # creating an entry needs the directory; the file may not exist yet
                     paths.add(os.path.dirname(raw) if ops_by_path.get(t, set()) & ENTRY_OPS else raw)
