@@ -63,3 +63,48 @@ import itertools as _itertools  # noqa: E402
 
 _netns_counter = _itertools.count()
 WORKLOADS = Path(__file__).resolve().parent / "workloads"
+
+
+class HeldChild:
+    """A forked child that exec()s argv only once released, so the probe can be armed first.
+
+    (subprocess.Popen cannot do this: it blocks until the child has exec'd.)
+    """
+
+    def __init__(self, argv, user=None):
+        read_end, self._release = os.pipe()
+        out_read, out_write = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # child: only async-signal-safe-ish calls until exec
+            try:
+                os.close(self._release)
+                os.dup2(out_write, 1)
+                os.dup2(out_write, 2)
+                if user is not None:
+                    os.setgroups([])
+                    os.setgid(user)
+                    os.setuid(user)
+                os.read(read_end, 1)
+                os.execv(argv[0], argv)
+            finally:
+                os._exit(127)
+        os.close(read_end)
+        os.close(out_write)
+        self._output = out_read
+        self._released = False
+
+    def release(self):
+        if not self._released:
+            self._released = True
+            os.write(self._release, b"x")
+            os.close(self._release)
+
+    def wait(self):
+        """Wait for exit; return (returncode, combined stdout/stderr)."""
+        self.release()
+        chunks = []
+        while chunk := os.read(self._output, 65536):
+            chunks.append(chunk)
+        os.close(self._output)
+        _, status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(status), b"".join(chunks).decode(errors="replace")

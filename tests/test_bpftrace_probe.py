@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import HeldChild
+
 from capprobe.events import bpftrace_records
 from capprobe.events.bpftrace_records import Mark, parse_lines
 from capprobe.events.tracefs_records import CapCheck
@@ -233,47 +235,6 @@ def no_bpftrace_left_behind():
     yield
     if _REASON is None:
         assert our_bpftraces() == []
-
-
-class HeldChild:
-    """A forked child that exec()s argv only once released, so the probe can be armed first."""
-
-    def __init__(self, argv, user=None):
-        read_end, self._release = os.pipe()
-        out_read, out_write = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:
-            try:
-                os.close(self._release)
-                os.dup2(out_write, 1)
-                os.dup2(out_write, 2)
-                if user is not None:
-                    os.setgroups([])
-                    os.setgid(user)
-                    os.setuid(user)
-                os.read(read_end, 1)
-                os.execv(argv[0], argv)
-            finally:
-                os._exit(127)
-        os.close(read_end)
-        os.close(out_write)
-        self._output = out_read
-        self._released = False
-
-    def release(self):
-        if not self._released:
-            self._released = True
-            os.write(self._release, b"x")
-            os.close(self._release)
-
-    def wait(self):
-        self.release()
-        chunks = []
-        while chunk := os.read(self._output, 65536):
-            chunks.append(chunk)
-        os.close(self._output)
-        _, status = os.waitpid(self.pid, 0)
-        return os.waitstatus_to_exitcode(status), b"".join(chunks).decode(errors="replace")
 
 
 def run_under_probe(argv, user=None):

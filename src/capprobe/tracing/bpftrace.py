@@ -37,7 +37,7 @@ from typing import Callable
 
 from capprobe.events.bpftrace_records import BpftraceCapParser
 from capprobe.events.tracefs_records import CapCheck
-from capprobe.tracing.tracefs import TRACEFS, ProbeStats, ProbeUnavailable
+from capprobe.tracing.tracefs import TRACEFS, CheckDelivery, ProbeStats, ProbeUnavailable
 
 __all__ = ["BpftraceCapabilityProbe", "ProbeStats", "ProbeUnavailable", "bpftrace_available",
            "script_path", "VARIANTS"]
@@ -111,7 +111,7 @@ def trigger_handshake() -> None:
         pass  # denied or refused: the check was made all the same
 
 
-class BpftraceCapabilityProbe:
+class BpftraceCapabilityProbe(CheckDelivery):
     """Context manager recording every capability check of root_pid and its descendants.
 
     Same contract as tracefs.CapabilityProbe: arm it before the target does anything
@@ -290,17 +290,6 @@ class BpftraceCapabilityProbe:
             with self._progress:
                 self._reader_done = True
                 self._progress.notify_all()
-
-    def _deliver(self, checks: list[CapCheck]) -> None:
-        for check in checks:
-            self.stats.checks += 1
-            if self.on_check is None:
-                self.checks.append(check)
-                continue
-            try:
-                self.on_check(check)
-            except Exception as error:  # keep recording; report at the end
-                self.stats.callback_errors.append(error)
 
     def _end_process(self) -> None:
         """SIGINT (bpftrace runs END and exits), SIGKILL after EXIT_TIMEOUT_S; always reaped.

@@ -157,7 +157,26 @@ def read_lost_events(instance: Path) -> int:
     return lost
 
 
-class CapabilityProbe:
+class CheckDelivery:
+    """What every capability probe backend shares: hand each check on, count, never lose one."""
+
+    stats: "ProbeStats"
+    on_check: Callable[[CapCheck], None] | None
+    checks: list[CapCheck]
+
+    def _deliver(self, checks: list[CapCheck]) -> None:
+        for check in checks:
+            self.stats.checks += 1
+            if self.on_check is None:
+                self.checks.append(check)
+                continue
+            try:
+                self.on_check(check)
+            except Exception as error:  # keep recording; report at the end
+                self.stats.callback_errors.append(error)
+
+
+class CapabilityProbe(CheckDelivery):
     """Context manager recording every cap_capable check of root_pid and its descendants.
 
     Arm it before the target does anything interesting (e.g. the child waits on a pipe until
@@ -295,17 +314,6 @@ class CapabilityProbe:
             self._pending_text = lines.pop()  # a line may continue in the next read
             for line in lines:
                 self._deliver(self._parser.feed(line))
-
-    def _deliver(self, checks: list[CapCheck]) -> None:
-        for check in checks:
-            self.stats.checks += 1
-            if self.on_check is None:
-                self.checks.append(check)
-                continue
-            try:
-                self.on_check(check)
-            except Exception as error:  # keep recording; report at the end
-                self.stats.callback_errors.append(error)
 
     def _teardown(self) -> None:
         if self._pipe_fd is not None:
