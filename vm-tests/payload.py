@@ -47,6 +47,8 @@ CAP_PROBE = False
 TIER = "nspawn"
 CAP_TRACEPOINT = Path("/sys/kernel/tracing/events/capability/cap_capable")
 HAS_TRACEPOINT = False
+KPROBE_OK = False       # the kernel has kprobes and cap_capable
+BPFTRACE = bool(shutil.which("bpftrace"))
 HOST_KERNEL = ""
 SLOW = 1.0   # qemu tier (software emulation): waits are multiplied by it
 EMULATED_DURATION = 120   # qemu tier: --duration is an upper bound, the exerciser ends the run
@@ -392,23 +394,23 @@ class Workload:
         caps = data.get("capabilities", {})
         method = caps.get("method")
         why = caps.get("why_no_kernel_probe") or caps.get("why") or ""
-        if method == "tracefs":
+        if method in ("tracefs", "bpftrace"):
             why = f"{caps.get('checks', '?')} kernel checks seen, {caps.get('lost_events', '?')} lost"
         info(self.name, f"capabilities {method}{' (' + why + ')' if why else ''}: "
              f"{' '.join(caps.get('required', [])) or 'none'}")
         methods.append({"workload": self.name, "method": method, "why": why,
                         "required": caps.get("required", [])})
         if TIER == "qemu":
-            # the guest's own kernel: capprobe must use the tracepoint when the kernel has
-            # it, and otherwise fall back to inference saying why
-            if HAS_TRACEPOINT:
-                check(self.name, "capprobe used the kernel probe (the guest kernel has cap_capable)",
-                      method == "tracefs" and caps.get("lost_events", 0) == 0 and caps.get("checks", 0) > 0,
-                      f"method {method}: {why}")
+            # the guest's own kernel: capprobe must use the tracepoint when the kernel has it,
+            # else bpftrace's kprobe on cap_capable when bpftrace is installed, else infer and
+            # say why
+            expect = "tracefs" if HAS_TRACEPOINT else "bpftrace" if (BPFTRACE and KPROBE_OK) else "inferred"
+            if expect == "inferred":
+                ok = method == "inferred" and "cap_capable" in (caps.get("why_no_kernel_probe") or "")
             else:
-                check(self.name, "capprobe fell back to inference and says the tracepoint is missing",
-                      method == "inferred" and "cap_capable" in (caps.get("why_no_kernel_probe") or ""),
-                      f"method {method}: {why}")
+                ok = method == expect and caps.get("lost_events", 0) == 0
+            check(self.name, f"capprobe's capability method is {expect} on this kernel", ok,
+                  f"method {method}: {why}")
         return data
 
     def install(self, prof_path: Path) -> str | None:
@@ -860,13 +862,15 @@ def environment() -> None:
     HAS_TRACEPOINT = CAP_TRACEPOINT.is_dir()
     kprobe = "n/a"
     if TIER == "qemu":
-        # capprobe has no kprobe method (yet); record whether this kernel would allow one
+        # what capprobe's bpftrace fallback needs on a kernel without the tracepoint
         try:
             funcs = Path("/sys/kernel/tracing/available_filter_functions").read_text()
             kprobe = "possible" if (Path("/sys/kernel/tracing/kprobe_events").exists()
                                     and re.search(r"^cap_capable\b", funcs, re.M)) else "not possible"
         except OSError as e:
             kprobe = f"unknown ({e.strerror})"
+    global KPROBE_OK
+    KPROBE_OK = kprobe == "possible"
     try:
         initial_ns = os.stat("/proc/self/ns/pid").st_ino == 0xEFFFFFFC
     except OSError:
@@ -875,7 +879,7 @@ def environment() -> None:
         f"capability:cap_capable tracepoint "
         f"{('present' if HAS_TRACEPOINT else 'absent') if tracing == 'mounted' else 'unknown'}; "
         f"pid namespace {'initial' if initial_ns else 'a child (container)'}; "
-        f"kprobe on cap_capable {kprobe}; "
+        f"kprobe on cap_capable {kprobe}; bpftrace {'installed' if BPFTRACE else 'not installed'}; "
         f"/dev/net/tun {oct(os.stat('/dev/net/tun').st_mode & 0o777) if Path('/dev/net/tun').exists() else 'MISSING'}; "
         f"BPF_FRAMEWORK {'yes' if BPF_FRAMEWORK else 'no'}; capprobe kernel capability probe "
         f"{'on (capprobe decides)' if CAP_PROBE else 'off (--no-cap-probe)'}")
