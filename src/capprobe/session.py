@@ -129,11 +129,16 @@ def _set_pdeathsig() -> None:
 class _Target:
     """Signals for the traced program: forwarded, or sent when --duration ends."""
 
-    def __init__(self, strace: subprocess.Popen, collector: FactCollector) -> None:
+    def __init__(self, strace: subprocess.Popen | None, collector: FactCollector) -> None:
         self.strace = strace
         self.collector = collector
         self.ended_by: str | None = None
-        self._lock = threading.Lock()
+        self._pending: list[int] = []  # signals that came before the target existed
+
+    def send_pending(self) -> None:
+        for signum in self._pending:
+            self.signal(signum)
+        self._pending.clear()
 
     def root_pid(self) -> int | None:
         if self.collector.root_pid is not None:
@@ -146,6 +151,9 @@ class _Target:
             return None
 
     def signal(self, signum: int) -> None:
+        if self.strace is None:
+            self._pending.append(signum)
+            return
         pid = self.root_pid()
         if pid is not None:
             try:
@@ -156,6 +164,8 @@ class _Target:
     def kill_all(self) -> None:
         """SIGKILL every traced process still alive (after the grace period)."""
         import psutil
+        if self.strace is None:
+            return
         try:
             descendants = psutil.Process(self.strace.pid).children(recursive=True)
         except psutil.Error:
@@ -181,53 +191,46 @@ def run_session(opts: RunOptions, status=lambda msg: None) -> RunResult:
 
     reclaim_stale_workdirs()
     workdir = tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-")
-    fifo = os.path.join(workdir, "strace.fifo")
-    os.mkfifo(fifo, 0o600)
-    # Like systemd, offer a notification socket: a daemon that speaks sd_notify
-    # shows it only when NOTIFY_SOCKET is set (it decides Type=notify).
-    notify_path = os.path.join(workdir, "notify")
-    notify_sock = NotifyListener(notify_path)
-    if spec is not None and spec.get("uid") is not None:
-        # strace runs as the service user and must open its end of the FIFO.
-        for path in (workdir, fifo, notify_path):
-            os.chown(path, spec["uid"], spec["gid"])
-    collector = FactCollector(os.fsencode(start_cwd), os.fsencode(notify_path))
-    target_env = dict(os.environ, NOTIFY_SOCKET=notify_path)
-    if spec is not None and spec.get("uid") is not None:
-        # As systemd does for User=: the service sees its own user's environment.
-        pw = pwd.getpwuid(spec["uid"])
-        target_env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name, SHELL=pw.pw_shell,
-                          PATH=SYSTEMD_DEFAULT_PATH)
-    # Open our end first (non-blocking) so strace's open for writing does not block.
-    read_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-    os.set_blocking(read_fd, True)
-    # A FIFO reads as EOF while no writer has it open: hold a writer ourselves
-    # until strace has opened its end (see _wait_for_writer).
-    fifo_keepalive = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-
-    # strace finds the command on $PATH itself, so the target's argv[0] stays as typed.
-    argv = [strace, *STRACE_FLAGS, "-o", fifo, "--", *opts.command]
-    # The launcher takes the service's identity, then waits at a gate until the
-    # capability probe is armed on its pid, then becomes strace.
-    gate_r, gate_w = os.pipe()
-    argv = [sys.executable, "-m", "capprobe.launch", "--gate", str(gate_r),
-            json.dumps(spec or {}), "--", *argv]
-
-    recorder = None
+    notify_sock = recorder = None
+    read_fd = fifo_keepalive = -1
     started = time.time()
     previous_handlers = {}
     timers: list[threading.Timer] = []
+    collector = None
     try:
-        try:
-            proc = subprocess.Popen(argv, cwd=start_cwd, preexec_fn=_set_pdeathsig,
-                                    pass_fds=(gate_r,), env=target_env)
-        finally:
-            os.close(gate_r)
-        target = _Target(proc, collector)
-        try:
-            recorder = CapabilityRecorder.start(opts.cap_probe, proc.pid, collector, notes)
-        finally:
-            os.close(gate_w)  # open the gate: strace and the target start now
+        fifo = os.path.join(workdir, "strace.fifo")
+        os.mkfifo(fifo, 0o600)
+        # Like systemd, offer a notification socket: a daemon that speaks sd_notify
+        # shows it only when NOTIFY_SOCKET is set (it decides Type=notify).
+        notify_path = os.path.join(workdir, "notify")
+        notify_sock = NotifyListener(notify_path)
+        if spec is not None and spec.get("uid") is not None:
+            # strace runs as the service user and must open its end of the FIFO.
+            for path in (workdir, fifo, notify_path):
+                os.chown(path, spec["uid"], spec["gid"])
+        collector = FactCollector(os.fsencode(start_cwd), os.fsencode(notify_path))
+        target_env = dict(os.environ, NOTIFY_SOCKET=notify_path)
+        if spec is not None and spec.get("uid") is not None:
+            # As systemd does for User=: the service sees its own user's environment.
+            pw = pwd.getpwuid(spec["uid"])
+            target_env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name, SHELL=pw.pw_shell,
+                              PATH=SYSTEMD_DEFAULT_PATH)
+        # Open our end first (non-blocking) so strace's open for writing does not block.
+        read_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        os.set_blocking(read_fd, True)
+        # A FIFO reads as EOF while no writer has it open: hold a writer ourselves
+        # until strace has opened its end (see _wait_for_writer).
+        fifo_keepalive = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+
+        # strace finds the command on $PATH itself, so the target's argv[0] stays as typed.
+        argv = [strace, *STRACE_FLAGS, "-o", fifo, "--", *opts.command]
+        # The launcher takes the service's identity, then waits at a gate until the
+        # capability probe is armed on its pid, then becomes strace.
+        gate_r, gate_w = os.pipe()
+        argv = [sys.executable, "-m", "capprobe.launch", "--gate", str(gate_r),
+                json.dumps(spec or {}), "--", *argv]
+
+        target = _Target(None, collector)
 
         def forward(signum, _frame):
             if target.ended_by is None:
@@ -236,8 +239,20 @@ def run_session(opts: RunOptions, status=lambda msg: None) -> RunResult:
                 return  # Ctrl-C reached the target directly; a second SIGINT could abort its cleanup
             target.signal(signum)
 
+        # Handlers first: a signal while the probe attaches must not kill capprobe half-way.
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             previous_handlers[sig] = signal.signal(sig, forward)
+        try:
+            proc = subprocess.Popen(argv, cwd=start_cwd, preexec_fn=_set_pdeathsig,
+                                    pass_fds=(gate_r,), env=target_env)
+        finally:
+            os.close(gate_r)
+        target.strace = proc
+        try:
+            recorder = CapabilityRecorder.start(opts.cap_probe, proc.pid, collector, notes)
+        finally:
+            os.close(gate_w)  # open the gate: strace and the target start now
+        target.send_pending()
 
         if opts.duration is not None:
             def end_duration():
@@ -273,7 +288,8 @@ def run_session(opts: RunOptions, status=lambda msg: None) -> RunResult:
                 os.close(fd)
         if recorder is not None:
             recorder.stop()
-        notify_sock.close()
+        if notify_sock is not None:
+            notify_sock.close()
         shutil.rmtree(workdir, ignore_errors=True)
     ended = time.time()
 
