@@ -44,11 +44,25 @@ def default_profile_path(command: list[str]) -> Path:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="capprobe")
-def main() -> None:
+def cli() -> None:
     """capprobe: watch a service run and learn the privileges it really uses."""
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+def main() -> None:
+    """Entry point: one line for any failure (CAPPROBE_DEBUG=1 shows the traceback)."""
+    try:
+        cli(standalone_mode=True)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - the last line of defence against tracebacks
+        if os.environ.get("CAPPROBE_DEBUG"):
+            raise
+        click.echo(f"capprobe: internal error: {type(e).__name__}: {e} "
+                   "(CAPPROBE_DEBUG=1 shows where; please report it)", err=True)
+        sys.exit(70)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Profile file to write (default: <command>.profile.json here).")
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
@@ -153,7 +167,7 @@ def _write_unit(profile: dict, options: "UnitOptions", dest: str, force: bool, q
                    f"{result.exposure} {result.exposure_label}", err=True)
 
 
-@main.command()
+@cli.command()
 @click.argument("profile", type=click.Path(path_type=Path))
 @click.option("-o", "--output", default=None, help="Unit file to write ('-' for stdout; default: NAME.service).")
 @click.option("--user", default=None, help="Run the service as this user (User=, Group=).")
@@ -195,7 +209,7 @@ def unit(profile, output, user, group, dynamic_user, exec_line, name, setup, for
     _write_unit(data, options, dest, force, quiet, setup)
 
 
-@main.command()
+@cli.command()
 @click.argument("profile", type=click.Path(path_type=Path))
 def show(profile) -> None:
     """Print a readable summary of PROFILE."""
@@ -207,7 +221,7 @@ def show(profile) -> None:
     click.echo(render_summary(data))
 
 
-@main.command()
+@cli.command()
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Where to write the demo profile (default: a temporary directory).")
 def demo(output) -> None:
@@ -220,7 +234,7 @@ def demo(output) -> None:
     sys.exit(code)
 
 
-@main.command()
+@cli.command()
 @click.argument("unit_file", type=click.Path(path_type=Path))
 @click.option("--check", default=None, help="A command that must succeed while the service runs (curl, a CLI call).")
 @click.option("--duration", type=click.FloatRange(min=0), default=5.0, show_default=True,
@@ -267,7 +281,7 @@ def _print_verdict(verdict) -> None:
         click.echo(f"  {verdict.explanation}")
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("-o", "--output", default=None, help="Unit file to write (default: <command>.service).")
 @click.option("--unit", "start_unit", type=click.Path(path_type=Path), default=None,
               help="Start from this unit instead of profiling COMMAND.")
