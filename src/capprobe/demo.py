@@ -19,7 +19,7 @@ from .session import RunOptions, run_session
 
 def _free_privileged_port() -> int:
     """A loopback port below 1024 that nothing listens on (the demo's service needs one)."""
-    for port in (880, 881, 882, 8443 - 7600, 853, 873, 990, 993, 995):
+    for port in (880, 881, 882, 843, 853, 873, 990, 993, 995):
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
