@@ -519,3 +519,17 @@ def test_real_chown_to_another_user_needs_cap_chown(tmp_path):
 def test_real_true_needs_nothing(tmp_path):
     records, _ = traced_inference(tmp_path, "/bin/true")
     assert records == []
+
+
+def test_chmod_of_a_file_the_user_does_not_own_needs_fowner_and_own_files_do_not():
+    by = {"count": 1, "by": ["/usr/bin/restic"]}
+    profile = {"run": {"user": {"uid": 65534, "gid": 65534}}, "host": {"kernel": "6.18"}, "processes": [],
+               "syscalls": {}, "network": {},
+               "files": [{"path": "/srv/r/key", "ops": {"chmod": by}, "stat": {"mode": "0600", "uid": 4242, "gid": 0}},
+                         {"path": "/srv/r/mine", "ops": {"chmod": by}, "stat": {"mode": "0600", "uid": 65534, "gid": 0}},
+                         {"path": "/srv/r/gone", "ops": {"chmod": by}, "stat": {"missing": True}}]}
+    records = infer_capabilities(profile)
+    fowner = [r for r in records if r["capability"] == "CAP_FOWNER"]
+    assert [(r["status"], r["rule"]) for r in fowner] == [("inferred", "fowner-chmod-foreign-file")]
+    assert "/srv/r/key" in fowner[0]["reason"] and "4242" in fowner[0]["reason"]
+    assert inferred_required_set(records) == ["CAP_FOWNER"]

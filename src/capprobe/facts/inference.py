@@ -77,14 +77,21 @@ def _ioctl_facts(profile: dict) -> Iterator[dict]:
 
 
 def _file_facts(profile: dict) -> Iterator[dict]:
+    run_uid, _run_gid, _groups = _running_user(profile)
     for entry in profile.get("files") or []:
         path = entry.get("path", "")
+        # The owner capprobe saw at the end of the run: chmod/utimes/xattrs of a file the
+        # running user does not own need CAP_FOWNER (e.g. after a restore chowned it away).
+        owner = (entry.get("stat") or {}).get("uid")
+        ownership = {"owner_uid": owner,
+                     "owner_is_foreign": owner is not None and run_uid is not None and owner != run_uid}
         for op, use in (entry.get("ops") or {}).items():
             yield {"path": path, "op": op, "errno": None, "count": use.get("count", 1),
-                   "by": use.get("by", []), "errno_known": True}
+                   "by": use.get("by", []), "errno_known": True, **ownership}
         for failure in entry.get("failed") or []:
             yield {"path": path, "op": failure.get("op"), "errno": failure.get("errno"),
-                   "count": failure.get("count", 1), "by": failure.get("by", []), "errno_known": True}
+                   "count": failure.get("count", 1), "by": failure.get("by", []), "errno_known": True,
+                   **ownership}
 
 
 def _parse_id(text: str) -> int | None:
