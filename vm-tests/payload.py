@@ -640,6 +640,61 @@ class Restic(Workload):
               f"snapshots {self.before} -> {after}")
 
 
+class ResticRestore(Workload):
+    """restic restore as nobody of files owned by someone else: ownership and modes come back."""
+    name, unit, run_user = "restic-restore", "vt-restic-restore", "nobody"
+    identity = ["--user", "nobody"]
+    repo = "/var/lib/vt-restore/repo"
+    target = Path("/srv/vt-restore")
+    base = ["/usr/bin/restic", "-r", repo, "--password-file", "/etc/vt-restic.pass",
+            "--cache-dir", "/var/lib/vt-restore/cache"]
+
+    def prepare(self):
+        owned = Path("/srv/vt-owned")
+        owned.mkdir(parents=True, exist_ok=True)
+        for name, mode in (("config", 0o640), ("notes", 0o644)):
+            f = owned / name
+            f.write_text(f"{name}\n" * 50)
+            os.chown(f, 4242, 4242)
+            os.chmod(f, mode)
+        os.chmod(owned / "config", 0o644)  # readable by nobody for the backup; 0640 comes back below
+        Path("/var/lib/vt-restore").mkdir(parents=True, exist_ok=True)
+        shutil.chown("/var/lib/vt-restore", "nobody", "nogroup")
+        pw = Path("/etc/vt-restic.pass")
+        if not pw.exists():
+            pw.write_text("correct horse battery staple\n")
+        shutil.chown(pw, "nobody", "nogroup")
+        os.chmod(pw, 0o400)
+        sh(["runuser", "-u", "nobody", "--", *self.base, "init"], check_rc=True)
+        sh(["runuser", "-u", "nobody", "--", *self.base, "backup", str(owned)], check_rc=True)
+        self.reset_target()
+
+    def reset_target(self):
+        shutil.rmtree(self.target, ignore_errors=True)
+        self.target.mkdir(parents=True)
+        shutil.chown(self.target, "nobody", "nogroup")
+
+    def command(self):
+        return [*self.base, "restore", "latest", "--target", str(self.target)]
+
+    def between(self):
+        self.reset_target()
+
+    def works(self):
+        wait_for(lambda: sh(["systemctl", "is-active", f"{self.unit}.service"]).stdout.strip()
+                 not in ("active", "activating", "deactivating"), 60)
+        r = sh(["systemctl", "show", "-p", "Result,ExecMainStatus", f"{self.unit}.service"])
+        props = dict(line.split("=", 1) for line in r.stdout.split())
+        ok = props.get("Result") == "success" and props.get("ExecMainStatus") == "0"
+        if not check(self.name, "restore succeeded under the unit", ok,
+                     f"Result={props.get('Result')} ExecMainStatus={props.get('ExecMainStatus')}"):
+            say(self.journal())
+        restored = self.target / "srv" / "vt-owned" / "notes"
+        st = restored.stat() if restored.exists() else None
+        check(self.name, "the restored file has its owner back (uid 4242)", st is not None and st.st_uid == 4242,
+              f"{restored}: " + (f"uid {st.st_uid} mode {st.st_mode & 0o7777:04o}" if st else "missing"))
+
+
 class Arctic(Workload):
     name, unit, duration = "arctic", "vt-arctic", 5
     args = ["--data", "/var/lib/arctic", "--token-dir", "/var/lib/arctic-token", "--hold", "30"]
@@ -835,7 +890,7 @@ def _add_after(text: str, key: str, new: str) -> str:
     return "\n".join(out) + "\n"
 
 
-WORKLOADS = {w.name: w for w in (Nginx, Caddy, Dness, Restic, Arctic, Tighten)}
+WORKLOADS = {w.name: w for w in (Nginx, Caddy, Dness, Restic, ResticRestore, Arctic, Tighten)}
 
 
 def environment() -> None:
