@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import signal
 import sys
 
 PR_SET_KEEPCAPS = 8
@@ -101,6 +102,20 @@ def apply_spec(spec: dict) -> None:
             _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0), "raise ambient")
 
 
+def reset_signals() -> None:
+    """Start the target the way systemd starts a service: every signal at its default,
+    none blocked, SIGPIPE ignored (systemd's IgnoreSIGPIPE=yes). capprobe may itself have
+    been started with SIGINT ignored (a background job), which exec would pass on."""
+    for signum in signal.valid_signals():
+        if signum in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(signum, signal.SIG_IGN if signum == signal.SIGPIPE else signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass  # real-time signals the C library reserves
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
 def wait_for_gate(fd: int) -> None:
     """Block until capprobe closes the other end: its probes are armed on our pid."""
     while os.read(fd, 64):
@@ -119,6 +134,7 @@ def main(argv: list[str]) -> int:
         apply_spec(json.loads(argv[0]))
         if gate is not None:
             wait_for_gate(gate)
+        reset_signals()
         os.execvp(argv[2], argv[2:])
     except OSError as e:
         print(f"capprobe: cannot start the target as asked: {e}", file=sys.stderr)

@@ -49,6 +49,41 @@ def reclaim_stale_workdirs() -> None:
             shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
 
 
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+SI_KERNEL = 0x80  # si_code of a signal the kernel sent: Ctrl-C from the terminal
+
+
+class SignalForwarder:
+    """Receives SIGINT/SIGTERM/SIGHUP synchronously in a thread of its own and forwards them.
+
+    The signals are blocked in every thread of capprobe (threads inherit the mask) and
+    taken with sigtimedwait(): a Python handler would run only in the main thread, which
+    sleeps in read() on the FIFO while a quiet target writes nothing, and the kernel may
+    hand a process signal to any thread (measured: SIGTERM lost, 3 runs in 25). The
+    launcher unblocks them again before exec'ing strace.
+    """
+
+    def __init__(self, on_signal) -> None:
+        self._on_signal = on_signal
+        self._stop = threading.Event()
+        self._old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
+        self._thread = threading.Thread(target=self._loop, name="capprobe-signals", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            info = signal.sigtimedwait(FORWARDED_SIGNALS, 0.2)
+            if info is not None:
+                self._on_signal(info.si_signo, info.si_code == SI_KERNEL)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
+
+
 class SessionError(Exception):
     """A run cannot start; the message is one line, exit_code what capprobe exits with."""
 
@@ -129,19 +164,19 @@ def _set_pdeathsig() -> None:
 class _Target:
     """Signals for the traced program: forwarded, or sent when --duration ends."""
 
-    def __init__(self, strace: subprocess.Popen | None, collector: FactCollector) -> None:
+    def __init__(self, strace: subprocess.Popen | None, collector: FactCollector | None) -> None:
         self.strace = strace
         self.collector = collector
         self.ended_by: str | None = None
         self._pending: list[int] = []  # signals that came before the target existed
 
     def send_pending(self) -> None:
-        for signum in self._pending:
+        pending, self._pending = self._pending, []
+        for signum in pending:
             self.signal(signum)
-        self._pending.clear()
 
     def root_pid(self) -> int | None:
-        if self.collector.root_pid is not None:
+        if self.collector is not None and self.collector.root_pid is not None:
             return self.collector.root_pid
         try:
             import psutil
@@ -151,15 +186,15 @@ class _Target:
             return None
 
     def signal(self, signum: int) -> None:
-        if self.strace is None:
+        pid = self.root_pid() if self.strace is not None else None
+        if pid is None:
+            # not started yet (or strace has not forked it): the read loop sends it later
             self._pending.append(signum)
             return
-        pid = self.root_pid()
-        if pid is not None:
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
 
     def kill_all(self) -> None:
         """SIGKILL every traced process still alive (after the grace period)."""
@@ -194,10 +229,22 @@ def run_session(opts: RunOptions, status=lambda msg: None) -> RunResult:
     notify_sock = recorder = None
     read_fd = fifo_keepalive = -1
     started = time.time()
-    previous_handlers = {}
+    forwarder = None
     timers: list[threading.Timer] = []
     collector = None
+    # Signals that come before the target exists are held and sent once it does.
+    target = _Target(None, None)
+
+    def forward(signum: int, from_terminal: bool) -> None:
+        if target.ended_by is None:
+            target.ended_by = signal.Signals(signum).name
+        if signum == signal.SIGINT and from_terminal:
+            return  # Ctrl-C reached the target directly; a second SIGINT could abort its cleanup
+        target.signal(signum)
+
     try:
+        # First, before any thread exists: every later thread inherits the blocked mask.
+        forwarder = SignalForwarder(forward)
         fifo = os.path.join(workdir, "strace.fifo")
         os.mkfifo(fifo, 0o600)
         # Like systemd, offer a notification socket: a daemon that speaks sd_notify
@@ -230,18 +277,7 @@ def run_session(opts: RunOptions, status=lambda msg: None) -> RunResult:
         argv = [sys.executable, "-m", "capprobe.launch", "--gate", str(gate_r),
                 json.dumps(spec or {}), "--", *argv]
 
-        target = _Target(None, collector)
-
-        def forward(signum, _frame):
-            if target.ended_by is None:
-                target.ended_by = signal.Signals(signum).name
-            if signum == signal.SIGINT and _terminal_sent_to_group():
-                return  # Ctrl-C reached the target directly; a second SIGINT could abort its cleanup
-            target.signal(signum)
-
-        # Handlers first: a signal while the probe attaches must not kill capprobe half-way.
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            previous_handlers[sig] = signal.signal(sig, forward)
+        target.collector = collector
         try:
             proc = subprocess.Popen(argv, cwd=start_cwd, preexec_fn=_set_pdeathsig,
                                     pass_fds=(gate_r,), env=target_env)
@@ -252,7 +288,6 @@ def run_session(opts: RunOptions, status=lambda msg: None) -> RunResult:
             recorder = CapabilityRecorder.start(opts.cap_probe, proc.pid, collector, notes)
         finally:
             os.close(gate_w)  # open the gate: strace and the target start now
-        target.send_pending()
 
         if opts.duration is not None:
             def end_duration():
@@ -277,12 +312,14 @@ def run_session(opts: RunOptions, status=lambda msg: None) -> RunResult:
                 lines += 1
                 if not lines & 0x1F:
                     recorder.drain()
+                    if target._pending:
+                        target.send_pending()
         rc = proc.wait()
     finally:
         for t in timers:
             t.cancel()
-        for sig, handler in previous_handlers.items():
-            signal.signal(sig, handler)
+        if forwarder is not None:
+            forwarder.close()
         for fd in (read_fd, fifo_keepalive):
             if fd >= 0:
                 os.close(fd)
@@ -405,14 +442,6 @@ def _wait_for_writer(read_fd: int, keepalive: int, proc: subprocess.Popen) -> No
                 break
     finally:
         os.close(keepalive)
-
-
-def _terminal_sent_to_group() -> bool:
-    """True when we are the terminal's foreground group (so Ctrl-C hit the target too)."""
-    try:
-        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def _target_exit(collector: FactCollector, rc: int) -> tuple[int, str | None]:
