@@ -447,6 +447,18 @@ class Workload:
         r = sh(["systemctl", "start", f"{self.unit}.service"], timeout=90)
         return check(self.name, f"systemctl start {self.unit}", r.returncode == 0, r.stderr.strip()[-300:])
 
+    def oneshot_succeeded(self, what: str, timeout: float) -> bool:
+        """Wait for a oneshot unit to finish; check it ended with success and status 0."""
+        wait_for(lambda: sh(["systemctl", "is-active", f"{self.unit}.service"]).stdout.strip()
+                 not in ("active", "activating", "deactivating"), timeout)
+        r = sh(["systemctl", "show", "-p", "Result,ExecMainStatus", f"{self.unit}.service"])
+        props = dict(line.split("=", 1) for line in r.stdout.split())
+        ok = props.get("Result") == "success" and props.get("ExecMainStatus") == "0"
+        if not check(self.name, what, ok,
+                     f"Result={props.get('Result')} ExecMainStatus={props.get('ExecMainStatus')}"):
+            say(self.journal())
+        return ok
+
     def journal(self) -> str:
         return sh(["journalctl", "-q", "--no-pager", "-n", "25", "-o", "cat", "-u", f"{self.unit}.service"]).stdout
 
@@ -574,14 +586,7 @@ class Dness(Workload):
         return super().start()
 
     def works(self):
-        wait_for(lambda: sh(["systemctl", "is-active", f"{self.unit}.service"]).stdout.strip()
-                 not in ("active", "activating", "deactivating"), 30)
-        r = sh(["systemctl", "show", "-p", "Result,ExecMainStatus", f"{self.unit}.service"])
-        props = dict(line.split("=", 1) for line in r.stdout.split())
-        ok = props.get("Result") == "success" and props.get("ExecMainStatus") == "0"
-        if not check(self.name, "oneshot succeeded under the unit", ok,
-                     f"Result={props.get('Result')} ExecMainStatus={props.get('ExecMainStatus')}"):
-            say(self.journal())
+        self.oneshot_succeeded("oneshot succeeded under the unit", timeout=30)
         got = self.gets() - self.before
         check(self.name, "it fetched its address from the local server", got >= 1, f"{got} GET /ip")
 
@@ -627,14 +632,7 @@ class Restic(Workload):
         self.before = self.snapshots()
 
     def works(self):
-        wait_for(lambda: sh(["systemctl", "is-active", f"{self.unit}.service"]).stdout.strip()
-                 not in ("active", "activating", "deactivating"), 60)
-        r = sh(["systemctl", "show", "-p", "Result,ExecMainStatus", f"{self.unit}.service"])
-        props = dict(line.split("=", 1) for line in r.stdout.split())
-        ok = props.get("Result") == "success" and props.get("ExecMainStatus") == "0"
-        if not check(self.name, "backup succeeded under the unit", ok,
-                     f"Result={props.get('Result')} ExecMainStatus={props.get('ExecMainStatus')}"):
-            say(self.journal())
+        self.oneshot_succeeded("backup succeeded under the unit", timeout=60)
         after = self.snapshots()
         check(self.name, "a new snapshot is listed", after == self.before + 1,
               f"snapshots {self.before} -> {after}")
@@ -681,14 +679,7 @@ class ResticRestore(Workload):
         self.reset_target()
 
     def works(self):
-        wait_for(lambda: sh(["systemctl", "is-active", f"{self.unit}.service"]).stdout.strip()
-                 not in ("active", "activating", "deactivating"), 60)
-        r = sh(["systemctl", "show", "-p", "Result,ExecMainStatus", f"{self.unit}.service"])
-        props = dict(line.split("=", 1) for line in r.stdout.split())
-        ok = props.get("Result") == "success" and props.get("ExecMainStatus") == "0"
-        if not check(self.name, "restore succeeded under the unit", ok,
-                     f"Result={props.get('Result')} ExecMainStatus={props.get('ExecMainStatus')}"):
-            say(self.journal())
+        self.oneshot_succeeded("restore succeeded under the unit", timeout=60)
         restored = self.target / "srv" / "vt-owned" / "notes"
         st = restored.stat() if restored.exists() else None
         check(self.name, "the restored file has its owner back (uid 4242)", st is not None and st.st_uid == 4242,
