@@ -34,6 +34,9 @@ WORK = Path("/root/vt")                     # profiles, generated units, setup s
 LIB = Path("/usr/local/lib/vmtest")         # scripts the services run (readable by all)
 OPEN_DIR = Path("/var/vt-open")            # world-writable, outside every unit's write paths
 SECRET = OPEN_DIR / "secret"               # 0600, owned by uid 4242: DAC probe
+HOME_OPEN = Path("/home/vt-open")           # world-writable, under ProtectHome=
+TMP_MARKER = Path("/tmp/vt-marker")         # the guest's /tmp, hidden by PrivateTmp=
+HIDDEN_MARKER = Path("/var/spool/cron/vt-marker")   # in a capprobe InaccessiblePaths= candidate
 PROBE_OUT = Path("/run/vt-probe")
 LOCAL_EXTRA = "10.99.0.1"                  # a local address that is not localhost
 CAPPROBE = [sys.executable, "-m", "capprobe"]
@@ -54,6 +57,7 @@ SLOW = 1.0   # qemu tier (software emulation): waits are multiplied by it
 EMULATED_DURATION = 120   # qemu tier: --duration is an upper bound, the exerciser ends the run
 methods: list[dict] = []
 BPF_FRAMEWORK = False   # systemd built with it enforces SocketBindAllow=/Deny=
+README_INSTALL = ""     # the README's install line, verbatim (vm-tests/run extracts it)
 
 checks: list[dict] = []
 exposures: list[dict] = []
@@ -105,6 +109,46 @@ def http_get(url: str) -> tuple[str, str]:
     r = sh(["curl", "-s", "-m", "5", "-o", "/dev/stdout", "-w", "\n%{http_code}", url])
     body, _, code = r.stdout.rpartition("\n")
     return code.strip(), body
+
+
+def dns_answer(port: int, name: str, timeout: float = 2.0) -> tuple[int, list[str]] | None:
+    """One A query over UDP to 127.0.0.1:PORT: (rcode, IPv4 answers), or None without a reply."""
+    qid = os.getpid() & 0xFFFF
+    question = b"".join(bytes([len(label)]) + label.encode() for label in name.split(".")) + b"\0\0\1\0\1"
+    query = qid.to_bytes(2, "big") + b"\1\0\0\1\0\0\0\0\0\0" + question
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.sendto(query, ("127.0.0.1", port))
+            reply = s.recv(512)
+        except OSError:
+            return None
+    if len(reply) < 12 or reply[:2] != query[:2]:
+        return None
+    # answers: skip the echoed question; an A record's data is its last 4 bytes (name compressed)
+    answers, offset = [], 12 + len(question)
+    for _ in range(int.from_bytes(reply[6:8], "big")):
+        offset += 2 if reply[offset] & 0xC0 else reply.index(b"\0", offset) + 1 - offset
+        rtype, length = int.from_bytes(reply[offset:offset + 2], "big"), int.from_bytes(reply[offset + 8:offset + 10], "big")
+        if rtype == 1 and length == 4:
+            answers.append(socket.inet_ntoa(reply[offset + 10:offset + 14]))
+        offset += 10 + length
+    return reply[3] & 0xF, answers
+
+
+def owners(paths: list[str]) -> dict[str, str]:
+    """user:group mode of each path ('missing' if absent)."""
+    import grp
+    import pwd
+    out = {}
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            out[path] = "missing"
+            continue
+        out[path] = f"{pwd.getpwuid(st.st_uid).pw_name}:{grp.getgrgid(st.st_gid).gr_name} {oct(st.st_mode & 0o7777)}"
+    return out
 
 
 # ---------------------------------------------------------------- unit files
@@ -167,12 +211,36 @@ def attempt(name, fn):
         res[name] = errno.errorcode.get(e.errno, str(e.errno))
     except Exception as e:
         res[name] = "EXC:" + type(e).__name__ + ":" + str(e)
-def write():
-    p = os.path.join(spec["open_dir"], "probe-%d" % os.getpid())
-    fd = os.open(p, os.O_CREAT | os.O_WRONLY, 0o644)
-    os.close(fd)
-    os.unlink(p)
-attempt("write", write)
+def create_in(d):
+    def create():
+        p = os.path.join(d, "vt-probe-%d" % os.getpid())
+        os.close(os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        os.unlink(p)
+    return create
+attempt("write", create_in(spec["open_dir"]))
+attempt("run_top", create_in("/run"))
+attempt("run_systemd", create_in("/run/systemd"))
+attempt("home", create_in(spec["home_dir"]))
+attempt("tmp", lambda: os.stat(spec["tmp_marker"]))
+attempt("inaccessible", lambda: os.stat(spec["hidden_marker"]))
+def open_for_write(path):
+    os.close(os.open(path, os.O_WRONLY))   # nothing is written: the open is what a read-only mount refuses
+attempt("tunables", lambda: open_for_write("/proc/sys/kernel/domainname"))
+def cgroup():
+    own = open("/proc/self/cgroup").read().strip().split("::", 1)[-1]
+    open_for_write("/sys/fs/cgroup" + own + "/cgroup.procs")
+attempt("cgroups", cgroup)
+import ctypes, mmap
+libc = ctypes.CDLL(None, use_errno=True)
+def libc_call(fn, *args):
+    if fn(*args) == -1:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+attempt("clock", lambda: libc_call(libc.adjtimex, ctypes.create_string_buffer(512)))  # modes 0: only reads
+attempt("resources", lambda: os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0)))  # unchanged
+attempt("namespace", lambda: libc_call(libc.unshare, 0x04000000))   # CLONE_NEWUTS: this process only
+attempt("proc", lambda: os.stat("/proc/1"))
+attempt("wx", lambda: mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC).close())
 def fam():
     f = getattr(socket, spec["family"])
     kind = {"AF_NETLINK": socket.SOCK_RAW, "AF_PACKET": socket.SOCK_RAW}.get(spec["family"], socket.SOCK_DGRAM)
@@ -263,7 +331,8 @@ def deny_checks(wl: str, unit_name: str, unit_text: str) -> None:
     port = next(p for p in range(18081, 18200) if p not in allowed_ports)
     bind_family = "AF_INET" if (not families or "AF_INET" in listed) else "AF_INET6"
     spec = {"open_dir": str(OPEN_DIR), "family": unlisted, "secret": str(SECRET), "port": port,
-            "bind_family": bind_family, "ip": LOCAL_EXTRA}
+            "bind_family": bind_family, "ip": LOCAL_EXTRA, "home_dir": str(HOME_OPEN),
+            "tmp_marker": str(TMP_MARKER), "hidden_marker": str(HIDDEN_MARKER)}
     spec_path = LIB / f"probe-{wl}.json"
     spec_path.write_text(json.dumps(spec))
     cmd = f"/usr/bin/python3 {LIB}/probe.py {spec_path}"
@@ -290,6 +359,41 @@ def deny_checks(wl: str, unit_name: str, unit_text: str) -> None:
               f"sandbox {got} (expected {'/'.join(sorted(expect))}), control OK")
 
     denial("write", f"write outside its write paths ({OPEN_DIR}/, mode 1777)", {"EROFS"})
+    # /run: ProtectSystem=strict with ProtectKernelTunables= and kin leaves it writable on systemd 252
+    # unless the unit lists it read-only (issue 14)
+    writable = unit_values(unit_text, "ReadWritePaths") or []
+    denial("run_top", "creating a file at /run's top level", {"EROFS"},
+           not {"/run", "/"} & set(writable), f"the unit opens it: ReadWritePaths={' '.join(writable)}")
+    denial("run_systemd", "creating a file in /run/systemd", {"EROFS"},
+           not {"/run/systemd", "/"} & set(writable), f"the unit opens it: ReadWritePaths={' '.join(writable)}")
+    protect_home = (unit_values(unit_text, "ProtectHome") or ["no"])[0]
+    denial("home", f"creating a file in {HOME_OPEN}/ (ProtectHome={protect_home})",
+           {"EROFS"} if protect_home == "read-only" else {"ENOENT", "EACCES", "EROFS"},
+           protect_home != "no", "ProtectHome= is no")
+    denial("tmp", f"seeing the system's {TMP_MARKER} (PrivateTmp=yes)", {"ENOENT"},
+           unit_values(unit_text, "PrivateTmp") == ["yes"], "PrivateTmp is not yes")
+    hidden = unit_values(unit_text, "InaccessiblePaths") or []
+    denial("inaccessible", f"reaching {HIDDEN_MARKER} (InaccessiblePaths={' '.join(hidden)})", {"EACCES", "ENOENT"},
+           f"-{HIDDEN_MARKER.parent}" in hidden or str(HIDDEN_MARKER.parent) in hidden,
+           f"{HIDDEN_MARKER.parent} is not in InaccessiblePaths=")
+    proc_subset = unit_values(unit_text, "ProcSubset") == ["pid"]   # then /proc/sys is not there at all
+    denial("tunables", "opening /proc/sys/kernel/domainname for writing (ProtectKernelTunables=yes"
+           + (", ProcSubset=pid)" if proc_subset else ")"), {"EROFS", "ENOENT"} if proc_subset else {"EROFS"},
+           unit_values(unit_text, "ProtectKernelTunables") == ["yes"], "ProtectKernelTunables is not yes")
+    denial("cgroups", "opening its own cgroup.procs for writing (ProtectControlGroups=yes)", {"EROFS"},
+           unit_values(unit_text, "ProtectControlGroups") == ["yes"], "ProtectControlGroups is not yes")
+    syscall_filter = unit_values(unit_text, "SystemCallFilter") or []
+    denial("clock", "adjtimex() reading the clock (SystemCallFilter=~@clock)", {"EPERM"},
+           "~@clock" in syscall_filter, "@clock is not denied")
+    denial("resources", "setpriority() to its own priority (SystemCallFilter=~@resources)", {"EPERM"},
+           "~@resources" in syscall_filter, "@resources is not denied")
+    denial("namespace", "unshare(CLONE_NEWUTS) (RestrictNamespaces=yes)", {"EPERM"},
+           unit_values(unit_text, "RestrictNamespaces") == ["yes"], "RestrictNamespaces is not yes")
+    denial("wx", "a writable and executable mapping (MemoryDenyWriteExecute=yes)", {"EPERM", "EACCES"},
+           unit_values(unit_text, "MemoryDenyWriteExecute") == ["yes"], "MemoryDenyWriteExecute is not yes")
+    denial("proc", "seeing PID 1 in /proc (ProtectProc=invisible)", {"ENOENT"},
+           unit_values(unit_text, "ProtectProc") == ["invisible"] and not runs_as_root,
+           "not invisible, or the unit runs as root, which sees root's processes")
     denial("family", f"socket({unlisted}) (RestrictAddressFamilies={' '.join(families or ['<absent>'])})",
            {"EAFNOSUPPORT"})
     # capabilities: the sandbox's bounding set is exactly what the unit grants
@@ -339,6 +443,7 @@ class Workload:
     identity: list[str] = []      # options for `capprobe unit`: --user X / --dynamic-user
     run_user: str | None = None   # `capprobe run --user`
     duration: float | None = None
+    run_options: list[str] = []   # more `capprobe run` options (e.g. --exercise)
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -363,7 +468,7 @@ class Workload:
             # the duration is only an upper bound there and the run ends once exercised
             duration = self.duration if SLOW == 1 else EMULATED_DURATION
             cmd += ["--duration", f"{duration:g}", "--grace", "3"]
-        cmd += ["--", *self.command()]
+        cmd += [*self.run_options, "--", *self.command()]
         say(f"  $ {shlex.join(cmd)}")
         t0 = time.monotonic()
         log = open(d / "capprobe-run.log", "w")
@@ -459,6 +564,54 @@ class Workload:
             say(self.journal())
         return ok
 
+    def answers(self) -> tuple[bool, str]:   # daemons with a lifecycle check: does it answer now?
+        raise NotImplementedError
+
+    def lifecycle(self) -> None:
+        """Issue 9: the generated unit of a daemon answers, survives a reload, stops cleanly."""
+        unit = f"{self.unit}.service"
+        ok, detail = False, ""
+        if wait_for(lambda: self.answers()[0], 10):
+            ok, detail = True, self.answers()[1]
+        else:
+            detail = self.answers()[1]
+        if not check(self.name, "answers under the unit", ok, detail):
+            say(self.journal())
+        text = (Path("/etc/systemd/system") / unit).read_text()
+        reload = unit_values(text, "ExecReload")
+        check(self.name, "the unit has ExecReload= (from the profiled --exercise reload)", bool(reload),
+              " ".join(reload or ["absent"]))
+        pid = sh(["systemctl", "show", "-p", "MainPID", "--value", unit]).stdout.strip()
+        r = sh(["systemctl", "reload", unit], timeout=60)
+        time.sleep(1 * SLOW)
+        state = sh(["systemctl", "is-active", unit]).stdout.strip()
+        pid_after = sh(["systemctl", "show", "-p", "MainPID", "--value", unit]).stdout.strip()
+        ok = wait_for(lambda: self.answers()[0], 10)
+        if not check(self.name, "survives systemctl reload (still active, same main pid, answering)",
+                     r.returncode == 0 and state == "active" and pid == pid_after and ok,
+                     f"reload exit {r.returncode} {r.stderr.strip()[-200:]}; {state}; MainPID {pid} -> {pid_after}; "
+                     f"{self.answers()[1]}"):
+            say(self.journal())
+        r = sh(["systemctl", "stop", unit], timeout=90)
+        props = dict(line.split("=", 1) for line in
+                     sh(["systemctl", "show", "-p", "Result,ActiveState,ExecMainStatus", unit]).stdout.split())
+        if not check(self.name, "systemctl stop ends it cleanly (Result=success, inactive)",
+                     r.returncode == 0 and props.get("Result") == "success" and props.get("ActiveState") == "inactive",
+                     " ".join(f"{k}={v}" for k, v in sorted(props.items()))):
+            say(self.journal())
+
+    def package_unit_still_works(self, service: str, paths: list[str], before: dict[str, str]) -> None:
+        """Issue 9: the generated unit re-owned nothing of the package's; the package's unit still works."""
+        after = owners(paths)
+        check(self.name, f"owners unchanged by the generated unit ({', '.join(paths)})", after == before,
+              "; ".join(f"{p} {before[p]}" + (f" -> {after[p]}" if after[p] != before[p] else "") for p in paths))
+        r = sh(["systemctl", "start", service], timeout=90)
+        ok = r.returncode == 0 and wait_for(lambda: self.answers()[0], 10)
+        if not check(self.name, f"the package's own {service} starts and answers afterwards", ok,
+                     f"start exit {r.returncode} {r.stderr.strip()[-200:]}; {self.answers()[1]}"):
+            say(sh(["journalctl", "-q", "--no-pager", "-n", "25", "-o", "cat", "-u", service]).stdout)
+        sh(["systemctl", "stop", service], timeout=90)
+
     def journal(self) -> str:
         return sh(["journalctl", "-q", "--no-pager", "-n", "25", "-o", "cat", "-u", f"{self.unit}.service"]).stdout
 
@@ -499,8 +652,17 @@ class Workload:
             say(f"  ({self.name}: {time.monotonic() - t0:.1f} s)")
 
 
+RELOAD = ["--exercise", "kill -HUP $MAINPID"]   # a reload while profiled: the unit gets ExecReload=
+
+
 class Nginx(Workload):
+    """nginx-light: the master stays root, its workers drop to www-data."""
     name, unit, duration = "nginx", "vt-nginx", 5
+    run_options = RELOAD
+    package_paths = ["/var/lib/nginx", "/var/log/nginx", "/run"]
+
+    def prepare(self):
+        self.before = owners(self.package_paths)
 
     def command(self):
         return ["/usr/sbin/nginx", "-g", "daemon off;"]
@@ -511,11 +673,68 @@ class Nginx(Workload):
                 http_get("http://127.0.0.1/")
             return True
 
-    def works(self):
-        wait_for(lambda: port_open(80), 10)
+    def answers(self):
         code, _ = http_get("http://127.0.0.1/")
-        if not check(self.name, "serves HTTP 200 under the unit", code == "200", f"HTTP {code}"):
-            say(self.journal())
+        return code == "200", f"HTTP {code}"
+
+    def works(self):
+        self.lifecycle()
+        self.package_unit_still_works("nginx.service", self.package_paths, self.before)
+
+
+class Dnsmasq(Workload):
+    """dnsmasq: starts as root, drops to dnsmasq, writes its pid file in /run/dnsmasq (dnsmasq's,
+    from the package's tmpfiles.d); answers DNS on 127.0.0.1:5354 from a local record."""
+    name, unit, duration = "dnsmasq", "vt-dnsmasq", 5
+    run_options = RELOAD
+    port, record, address = 5354, "vt.test", "192.0.2.1"
+    package_paths = ["/run/dnsmasq", "/var/lib/misc"]
+
+    def prepare(self):
+        # the package's unit (below) answers the same record on port 53
+        Path("/etc/dnsmasq.d/vt.conf").write_text(
+            f"listen-address=127.0.0.1\nbind-interfaces\nno-resolv\naddress=/{self.record}/{self.address}\n")
+        self.before = owners(self.package_paths)
+
+    def command(self):
+        return ["/usr/sbin/dnsmasq", "-k", "--conf-file=/dev/null", f"--port={self.port}",
+                "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv",
+                f"--address=/{self.record}/{self.address}", "--pid-file=/run/dnsmasq/dnsmasq.pid", "--user=dnsmasq"]
+
+    def exercise(self):
+        if wait_for(lambda: self.answers(self.port)[0] or self.proc.poll() is not None, 10):
+            time.sleep(1 * SLOW)   # capprobe's --exercise reload comes 1 s after the start
+            return self.proc.poll() is None
+
+    def between(self):
+        # the generated unit's setup script must make the pid directory itself (its tmpfiles.d line)
+        shutil.rmtree("/run/dnsmasq")
+
+    def answers(self, port: int | None = None):
+        reply = dns_answer(port or self.port, self.record)
+        return (reply is not None and reply[1] == [self.address],
+                f"{self.record} -> {reply[1] if reply else 'no reply'} on port {port or self.port}")
+
+    def works(self):
+        pidfile = Path("/run/dnsmasq/dnsmasq.pid")
+        wait_for(lambda: self.answers()[0] and pidfile.exists(), 10)
+        pid = sh(["systemctl", "show", "-p", "MainPID", "--value", f"{self.unit}.service"]).stdout.strip()
+        written = pidfile.read_text().strip() if pidfile.exists() else "missing"
+        check(self.name, "wrote its pid file as dnsmasq under the unit",
+              written == pid and owners([str(pidfile)])[str(pidfile)].startswith("dnsmasq:"),
+              f"{pidfile}: {written} ({owners([str(pidfile)])[str(pidfile)]}), MainPID {pid}")
+        self.lifecycle()
+        self.package_unit_still_works("dnsmasq.service", self.package_paths, self.before)
+
+    def package_unit_still_works(self, service, paths, before):
+        self.port_saved, self.port = self.port, 53
+        try:
+            super().package_unit_still_works(service, paths, before)
+        finally:
+            self.port = self.port_saved
+
+    def finish(self):
+        Path("/etc/dnsmasq.d/vt.conf").unlink(missing_ok=True)
 
 
 class Caddy(Workload):
@@ -768,6 +987,92 @@ class Arctic(Workload):
         self.cleanup_net()
 
 
+class WriteTest(Workload):
+    """Issue 13: tests/workloads/write_tests.py tests a permission at start and never uses it;
+    the generated unit must still pass that test under systemd (it exits 1 when it fails)."""
+    duration = 3
+
+    def prepare(self):
+        shutil.copy2(VT / "workloads" / "write_tests.py", LIB / "write_tests.py")
+        os.chmod(LIB / "write_tests.py", 0o755)
+
+    def works(self):
+        time.sleep(2 * SLOW)   # the test comes first thing: a failed one has ended the unit by now
+        state = sh(["systemctl", "is-active", f"{self.unit}.service"]).stdout.strip()
+        if not check(self.name, "passes its writability test and stays up under the unit", state == "active", state):
+            say(self.journal())
+        r = sh(["systemctl", "stop", f"{self.unit}.service"], timeout=60)
+        props = sh(["systemctl", "show", "-p", "Result", "--value", f"{self.unit}.service"]).stdout.strip()
+        check(self.name, "systemctl stop ends it cleanly", r.returncode == 0 and props == "success", f"Result={props}")
+
+
+class WriteTestRundir(WriteTest):
+    """Root tests vt-wt's 0750 directory with access(W_OK), then drops to vt-wt; nothing is written."""
+    name, unit = "write-rundir", "vt-write-rundir"
+    directory = Path("/var/lib/vt-wt")
+
+    def prepare(self):
+        super().prepare()
+        if sh(["id", "vt-wt"]).returncode != 0:
+            sh(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "vt-wt"], check_rc=True)
+        self.directory.mkdir(mode=0o750, exist_ok=True)
+        shutil.chown(self.directory, "vt-wt", "vt-wt")
+
+    def command(self):
+        return ["/usr/bin/python3", str(LIB / "write_tests.py"), "rundir", str(self.directory), "--drop", "vt-wt"]
+
+    def works(self):
+        before = owners([str(self.directory)])
+        super().works()
+        check(self.name, f"{self.directory} still vt-wt's and empty (tested, never written)",
+              owners([str(self.directory)]) == before and not os.listdir(self.directory),
+              f"{owners([str(self.directory)])[str(self.directory)]}, {len(os.listdir(self.directory))} entries")
+
+
+class WriteTestTmp(WriteTest):
+    """access("/tmp", W_OK) and nothing shared in /tmp: the unit must not leave /tmp read-only."""
+    name, unit = "write-tmp", "vt-write-tmp"
+
+    def command(self):
+        return ["/usr/bin/python3", str(LIB / "write_tests.py"), "tmp"]
+
+
+class Kresd(Workload):
+    """knot-resolver's kresd as knot-resolver, given its rundir /var/lib/knot-resolver: it tests
+    access(rundir, W_OK) at start and writes nothing there (cache and control socket elsewhere)."""
+    name, unit, duration, run_user = "kresd", "vt-kresd", 3, "knot-resolver"
+    rundir, port, base = "/var/lib/knot-resolver", 5399, Path("/srv/vt-kr")
+
+    def prepare(self):
+        cache = self.base / "cache"
+        cache.mkdir(parents=True, exist_ok=True)
+        shutil.chown(cache, "knot-resolver", "knot-resolver")
+        (self.base / "kresd.conf").write_text(
+            f"net.listen('127.0.0.1', {self.port}, {{ kind = 'dns' }})\n"
+            f"worker.control_path = '{cache}/control/'\ncache.open(10 * MB, 'lmdb://{cache}')\n")
+        os.chmod(self.base, 0o755)
+        self.before = owners([self.rundir]), sorted(os.listdir(self.rundir))
+
+    def command(self):
+        return ["/usr/sbin/kresd", "-n", "-c", str(self.base / "kresd.conf"), self.rundir]
+
+    def works(self):
+        # no upstream here: any DNS reply (SERVFAIL included) shows it is up and serving
+        wait_for(lambda: dns_answer(self.port, "vt.test") is not None, 15)
+        reply = dns_answer(self.port, "vt.test")
+        state = sh(["systemctl", "is-active", f"{self.unit}.service"]).stdout.strip()
+        if not check(self.name, "passes its rundir test, stays up and answers DNS under the unit",
+                     state == "active" and reply is not None,
+                     f"{state}; reply {'rcode ' + str(reply[0]) if reply else 'none'} on port {self.port}"):
+            say(self.journal())
+        r = sh(["systemctl", "stop", f"{self.unit}.service"], timeout=60)
+        props = sh(["systemctl", "show", "-p", "Result", "--value", f"{self.unit}.service"]).stdout.strip()
+        check(self.name, "systemctl stop ends it cleanly", r.returncode == 0 and props == "success", f"Result={props}")
+        after = owners([self.rundir]), sorted(os.listdir(self.rundir))
+        check(self.name, f"{self.rundir} keeps its owner and contents", after == self.before,
+              f"{self.before} -> {after}")
+
+
 BREAKME_SCRIPT = """#!/usr/bin/python3
 # A oneshot that needs exactly: its data directory writable, CAP_NET_BIND_SERVICE, bind().
 import socket, sys
@@ -801,6 +1106,8 @@ class Tighten(Workload):
             if self.profile() is None:
                 return
             good = (WORK / self.name / f"{self.unit}.service").read_text()
+            # a root unit that does not write /run: its deny checks include /run's top level
+            deny_checks(self.name, self.unit, good)
             self.verify_case("the generated unit", good, expect=None)
             data_dir = "/srv/vt-break/data"
             cases = [
@@ -881,7 +1188,41 @@ def _add_after(text: str, key: str, new: str) -> str:
     return "\n".join(out) + "\n"
 
 
-WORKLOADS = {w.name: w for w in (Nginx, Caddy, Dness, Restic, ResticRestore, Arctic, Tighten)}
+class ReadmeInstall(Workload):
+    """The README's install line, verbatim, on this stock Debian 12 guest. It has no network:
+    apt gets an empty source list (its packages are in the rootfs), pip finds capprobe's
+    dependencies in the payload's wheelhouse (PIP_NO_INDEX, PIP_FIND_LINKS: the text stays as written)."""
+    name = "readme"
+
+    def run(self) -> None:
+        say(f"=== {self.name}")
+        if TIER == "qemu":
+            info(self.name, "the README's install line is checked in the nspawn tier (the same Debian userland)")
+            return
+        t0 = time.monotonic()
+        source = WORK / "source"
+        shutil.rmtree(source, ignore_errors=True)
+        shutil.copytree(VT / "source", source)
+        Path("/etc/apt/sources.list").write_text("")
+        for extra in Path("/etc/apt/sources.list.d").glob("*"):
+            extra.unlink()
+        env = dict(os.environ, PIP_NO_INDEX="1", PIP_FIND_LINKS=str(VT / "wheelhouse"),
+                   PIP_DISABLE_PIP_VERSION_CHECK="1")
+        env.pop("PYTHONPATH", None)   # the runner's points at the payload's capprobe: the install must stand alone
+        say(f"  $ {README_INSTALL}")
+        r = sh(["sh", "-c", README_INSTALL], cwd=source, env=env, timeout=600)
+        out = r.stdout + r.stderr
+        for line in out.splitlines()[-12:]:
+            say(f"  | {line}")
+        check(self.name, "the README's install line runs as written on stock Debian 12", r.returncode == 0,
+              f"exit {r.returncode} in {time.monotonic() - t0:.1f} s: {README_INSTALL}")
+        check(self.name, "the demo it ends with finds CAP_NET_BIND_SERVICE", "CAP_NET_BIND_SERVICE" in r.stdout,
+              "in its output" if "CAP_NET_BIND_SERVICE" in r.stdout else out.strip()[-300:])
+        say(f"  ({self.name}: {time.monotonic() - t0:.1f} s)")
+
+
+WORKLOADS = {w.name: w for w in (Nginx, Dnsmasq, Caddy, Dness, Restic, ResticRestore, Arctic,
+                                   WriteTestRundir, WriteTestTmp, Kresd, Tighten, ReadmeInstall)}
 
 
 def environment() -> None:
@@ -890,8 +1231,13 @@ def environment() -> None:
         d.mkdir(parents=True, exist_ok=True)
     os.chmod(LIB, 0o755)
     (LIB / "probe.py").write_text(PROBE_SOURCE)
-    OPEN_DIR.mkdir(exist_ok=True)
-    os.chmod(OPEN_DIR, 0o1777)
+    for d in (OPEN_DIR, HOME_OPEN):
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o1777)
+    TMP_MARKER.write_text("the guest's /tmp\n")
+    HIDDEN_MARKER.parent.mkdir(parents=True, exist_ok=True)
+    HIDDEN_MARKER.write_text("behind InaccessiblePaths=\n")
+    os.chmod(HIDDEN_MARKER, 0o644)
     SECRET.write_text("secret\n")
     os.chown(SECRET, 4242, 4242)
     os.chmod(SECRET, 0o600)
@@ -940,7 +1286,7 @@ def environment() -> None:
 def main() -> int:
     t0 = time.monotonic()
     RESULTS.mkdir(exist_ok=True)
-    global CAP_PROBE, TIER, HOST_KERNEL, SLOW
+    global CAP_PROBE, TIER, HOST_KERNEL, SLOW, README_INSTALL
     try:
         config = json.loads((VT / "config.json").read_text())
     except (OSError, ValueError):
@@ -950,6 +1296,7 @@ def main() -> int:
     TIER = config.get("tier") or "nspawn"
     HOST_KERNEL = config.get("host_kernel", "")
     SLOW = float(config.get("slow", 1))
+    README_INSTALL = config.get("readme_install", "")
     try:
         environment()
         unknown = [w for w in wanted if w not in WORKLOADS]
