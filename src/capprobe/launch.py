@@ -1,14 +1,18 @@
-"""Launcher: take the service's identity and capability sets, then exec the tracer.
+"""Launcher: take the service's identity and capability sets, then exec the target.
 
-Run as ``python3 -m capprobe.launch SPEC_JSON -- strace ...``. It runs before
-strace (not inside the trace), so the target starts the way the unit will start
-it: as the service user, with the capabilities in its ambient set.
+Run by capprobe as ``python3 -m capprobe.launch --ready FD --gate FD SPEC_JSON -- EXE ARGV...``.
+It is the target's own process (the pid capprobe waits for), so the target starts the
+way the unit will start it: as the service user, with the capabilities in its ambient
+set, with systemd's signal dispositions and environment. No tracer is ever its parent.
 
 SPEC_JSON: {"uid": int|null, "gid": int|null, "groups": [int], "caps": "all"|"none",
-            "drop": [capability numbers to leave out]}
-(an empty object changes nothing). With ``--gate FD`` it first waits until FD
-reaches EOF: capprobe arms the kernel capability probe on this pid meanwhile,
-so the first check of the target is already seen.
+            "drop": [capability numbers to leave out], "env": {NAME: VALUE}}
+("env" is the target's whole environment; without it capprobe's own is kept).
+
+The handshake: once the identity is taken it writes b"R" on the ready pipe (or b"E"
+and one line of error, then exits), then blocks on the gate pipe while capprobe arms
+the capability probe and strace attaches. b"G" on the gate means exec; end of file
+without it means capprobe is gone, and the target is not started untraced.
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ def apply_spec(spec: dict) -> None:
         return
     top = last_cap()
     for cap in sorted(drop):
-        # out of the bounding set: no exec'd program (strace, the target) gets it back
+        # out of the bounding set: the target (and what it execs) never gets it back
         _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "drop bounding set")
     if caps == "none":
         for cap in range(top + 1):
@@ -116,29 +120,36 @@ def reset_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
-def wait_for_gate(fd: int) -> None:
-    """Block until capprobe closes the other end: its probes are armed on our pid."""
-    while os.read(fd, 64):
-        pass
+def wait_for_gate(fd: int) -> bool:
+    """Block until capprobe has armed its probes on our pid: True, or False if it went away."""
+    go = os.read(fd, 1) == b"G"
     os.close(fd)
+    return go
 
 
 def main(argv: list[str]) -> int:
-    gate = None
-    if len(argv) >= 2 and argv[0] == "--gate":
-        gate, argv = int(argv[1]), argv[2:]
-    if len(argv) < 3 or argv[1] != "--":
-        print("usage: python3 -m capprobe.launch [--gate FD] SPEC_JSON -- CMD...", file=sys.stderr)
+    if len(argv) < 8 or argv[0] != "--ready" or argv[2] != "--gate" or argv[5] != "--":
+        print("usage: python3 -m capprobe.launch --ready FD --gate FD SPEC_JSON -- EXE ARGV...",
+              file=sys.stderr)
         return 2
+    ready, gate, spec = int(argv[1]), int(argv[3]), json.loads(argv[4])
+    exe, target_argv = argv[6], argv[7:]
     try:
-        apply_spec(json.loads(argv[0]))
-        if gate is not None:
-            wait_for_gate(gate)
+        apply_spec(spec)
         reset_signals()
-        os.execvp(argv[2], argv[2:])
     except OSError as e:
-        print(f"capprobe: cannot start the target as asked: {e}", file=sys.stderr)
+        os.write(ready, b"E" + f"cannot start the target as asked: {e}".encode(errors="replace"))
         return 126
+    os.write(ready, b"R")
+    os.close(ready)
+    if not wait_for_gate(gate):
+        return 125
+    env = spec["env"] if "env" in spec else os.environ
+    try:
+        os.execve(exe, target_argv, env)
+    except OSError as e:
+        print(f"capprobe: cannot execute {exe}: {e.strerror}", file=sys.stderr)
+        return 127 if isinstance(e, FileNotFoundError) else 126
     return 0  # not reached
 
 

@@ -1,53 +1,46 @@
 """Start the target under the tracers, stream their output into facts, stop cleanly.
 
-This is the edge where processes, FIFOs and signals live; everything it reads
-goes through pure parsers into the FactCollector.
+This is the edge where processes, pipes, cgroups and signals live; everything it
+reads goes through pure parsers into the FactCollector. The order of a run keeps
+the trace channel out of the target's reach:
+  1. fork the launcher; it takes the service's identity, then says it is ready;
+  2. move it into its own cgroup and arm the capability probe on its pid;
+  3. attach strace (root, not an ancestor of the target) writing into an anonymous pipe;
+  4. once the launcher's TracerPid is strace, open the gate: it execs the target.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import pwd
 import grp
+import re
+import select
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 
 from . import __version__
 from .capability_recorder import CapabilityRecorder
+from .cgroup import TargetCgroup
 from .facts.collector import FactCollector
+from .filestat import describe_executables, record_file_modes
 from .hoststamp import host_stamp
+from .notify import NotifyListener
+from .paths import encode_path
 from .profile import SCHEMA
+from .tracing.strace import STRACE_FLAGS, AttachError, attach, open_trace_pipe, wait_attached
 
-STRACE_FLAGS = ["-f", "-q", "-ttt", "-n", "-yy", "-X", "verbose", "-s", "4096",
-                "-e", "signal=none"]
 # What systemd gives a service (not the invoking shell's $PATH, which may search /root).
 SYSTEMD_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
-
-
-WORKDIR_PREFIX = "capprobe-run-"
-
-
-def reclaim_stale_workdirs() -> None:
-    """Remove FIFO directories left by sessions that were killed (their pid is gone)."""
-    from .tracing.tracefs import _pid_alive
-    tmp = tempfile.gettempdir()
-    for name in os.listdir(tmp):
-        if not name.startswith(WORKDIR_PREFIX):
-            continue
-        owner = name[len(WORKDIR_PREFIX):].split("-", 1)[0]
-        if owner.isdigit() and not _pid_alive(int(owner)):
-            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
-
+LOCALE_FILES = ("/etc/locale.conf", "/etc/default/locale")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+LAUNCHER_READY_TIMEOUT = 30.0
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -60,9 +53,9 @@ class SignalForwarder:
 
     The signals are blocked in every thread of capprobe (threads inherit the mask) and
     taken with sigtimedwait(): a Python handler would run only in the main thread, which
-    sleeps in read() on the FIFO while a quiet target writes nothing, and the kernel may
-    hand a process signal to any thread (measured: SIGTERM lost, 3 runs in 25). The
-    launcher unblocks them again before exec'ing strace.
+    sleeps in read() on the trace pipe while a quiet target writes nothing, and the kernel
+    may hand a process signal to any thread (measured: SIGTERM lost, 3 runs in 25). The
+    launcher unblocks them again before exec'ing the target.
     """
 
     def __init__(self, on_signal) -> None:
@@ -103,6 +96,9 @@ class RunOptions:
     cap_probe: str = "auto"  # "auto" | "tracefs" | "bpftrace" | "off"
     drop_caps: list[str] = field(default_factory=list)  # e.g. ["CAP_NET_RAW"]: confirm an either-or choice
     cwd: str | None = None
+    env: dict[str, str] = field(default_factory=dict)  # --env NAME=VALUE: the unit's Environment=
+    exercises: list[str] = field(default_factory=list)  # --exercise CMD: shell commands run during the run
+    exercise_delay: float = 1.0  # before the first exercise, between two, and before judging survival
 
 
 @dataclass
@@ -113,7 +109,7 @@ class RunResult:
 
 
 def resolve_command(argv0: str) -> str:
-    """The executable strace will run, or a SessionError (127 missing, 126 not executable)."""
+    """The executable the launcher will exec, or a SessionError (127 missing, 126 not executable)."""
     if "/" in argv0:
         if not os.path.exists(argv0):
             raise SessionError(f"capprobe: {argv0}: no such file", 127)
@@ -127,7 +123,7 @@ def resolve_command(argv0: str) -> str:
 
 
 def identity_spec(opts: RunOptions) -> dict | None:
-    """What the launcher must change before strace runs, or None to start as we are."""
+    """What the launcher must change before it execs the target, or None to start as we are."""
     if opts.user is None and opts.caps == "all" and not opts.drop_caps:
         return None
     from .capabilities import cap_number
@@ -155,61 +151,264 @@ def identity_spec(opts: RunOptions) -> dict | None:
     return spec
 
 
-def _set_pdeathsig() -> None:
-    # If capprobe dies, strace dies with it; the kernel then detaches the
-    # target, which goes on running instead of staying stopped under ptrace.
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+def parse_env_assignments(items: list[str]) -> dict[str, str]:
+    """--env NAME=VALUE options as a dict, or a one-line SessionError."""
+    env: dict[str, str] = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not ENV_NAME.match(name):
+            raise SessionError(f"capprobe: --env wants NAME=VALUE with a name of letters, digits and _: {item!r}")
+        if name == "NOTIFY_SOCKET":
+            raise SessionError("capprobe: --env NOTIFY_SOCKET: capprobe sets it to its own stand-in for "
+                               "systemd's socket, which shows whether the service notifies")
+        env[name] = value
+    return env
+
+
+def locale_lang(text: str) -> str | None:
+    """LANG= from a locale.conf / /etc/default/locale text (shell-style, maybe quoted)."""
+    for line in text.splitlines():
+        name, eq, value = line.strip().partition("=")
+        if eq and name == "LANG":
+            return value.strip().strip("\"'") or None
+    return None
+
+
+def service_environment(spec: dict | None, notify_address: str, operator_env: dict[str, str]) -> dict[str, str]:
+    """The environment systemd (252) gives the service, not the invoking shell's.
+
+    PATH is systemd's default; LANG comes from the system locale; HOME, USER, LOGNAME
+    and SHELL only with User= (root's too when User=root), none without it.
+    """
+    env = {"PATH": SYSTEMD_DEFAULT_PATH}
+    for path in LOCALE_FILES:
+        try:
+            with open(path) as f:
+                lang = locale_lang(f.read())
+        except OSError:
+            continue
+        if lang:
+            env["LANG"] = lang
+        break
+    if spec is not None and spec.get("uid") is not None:
+        pw = pwd.getpwuid(spec["uid"])
+        env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name, SHELL=pw.pw_shell)
+    env["NOTIFY_SOCKET"] = notify_address
+    env.update(operator_env)
+    return env
 
 
 class _Target:
-    """Signals for the traced program: forwarded, or sent when --duration ends."""
+    """The target's root process and its cgroup: signals forwarded, or sent when --duration ends."""
 
-    def __init__(self, strace: subprocess.Popen | None, collector: FactCollector | None) -> None:
-        self.strace = strace
-        self.collector = collector
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.pid: int | None = None
+        self.cgroup: TargetCgroup | None = None
         self.ended_by: str | None = None
+        self.timers: list[threading.Timer] = []
         self._pending: list[int] = []  # signals that came before the target existed
+        self._lock = threading.Lock()
 
-    def send_pending(self) -> None:
-        pending, self._pending = self._pending, []
+    def started(self, pid: int) -> None:
+        with self._lock:
+            self.pid, pending, self._pending = pid, self._pending, []
         for signum in pending:
             self.signal(signum)
 
-    def root_pid(self) -> int | None:
-        if self.collector is not None and self.collector.root_pid is not None:
-            return self.collector.root_pid
-        try:
-            import psutil
-            children = psutil.Process(self.strace.pid).children()
-            return children[0].pid if children else None
-        except Exception:  # noqa: BLE001 - psutil may race with exit; nothing to signal then
-            return None
-
     def signal(self, signum: int) -> None:
-        pid = self.root_pid() if self.strace is not None else None
-        if pid is None:
-            # not started yet (or strace has not forked it): the read loop sends it later
-            self._pending.append(signum)
-            return
+        with self._lock:
+            if self.pid is None:
+                self._pending.append(signum)
+                return
         try:
-            os.kill(pid, signum)
+            os.kill(self.pid, signum)
         except ProcessLookupError:
             pass
+        if signum == signal.SIGTERM:
+            # Stop it the way systemd stops a service (KillMode=control-group): SIGTERM to the
+            # main process, then to every other process of its cgroup, SIGKILL after --grace.
+            if self.cgroup is not None:
+                for pid in self.cgroup.poll() - {self.pid}:
+                    try:
+                        os.kill(pid, signum)
+                    except ProcessLookupError:
+                        pass
+            self.later(self.grace, self.kill_all)
+
+    def later(self, seconds: float, action) -> None:
+        t = threading.Timer(seconds, action)
+        t.daemon = True
+        self.timers.append(t)
+        t.start()
+
+    def end_duration(self) -> None:
+        self.ended_by = self.ended_by or "duration"
+        self.signal(signal.SIGTERM)
 
     def kill_all(self) -> None:
-        """SIGKILL every traced process still alive (after the grace period)."""
-        import psutil
-        if self.strace is None:
+        """SIGKILL every process of the target still alive (after the grace period)."""
+        if self.cgroup is not None:
+            self.cgroup.kill()
             return
+        import psutil  # without a cgroup only the tree still attached to the root is found
         try:
-            descendants = psutil.Process(self.strace.pid).children(recursive=True)
+            root = psutil.Process(self.pid)
+            members = [*root.children(recursive=True), root]
         except psutil.Error:
-            descendants = []
-        for p in descendants:
+            members = []
+        for p in members:
             try:
                 p.kill()
             except psutil.Error:
                 pass
+
+
+class ExerciseRunner:
+    """Runs the --exercise commands one after another while the target runs (a reload, a request).
+
+    Each runs as `/bin/sh -c CMD`, started by capprobe itself, never by the target: strace
+    follows only the target's own descendants, so the exercise's syscalls stay out of the
+    profile, and it is outside the target's cgroup. $MAINPID is the target's main pid, as
+    systemd gives it to ExecReload=. The signals capprobe blocks for itself are unblocked
+    in the exercise (a `timeout` in it must be able to stop its child), and it gets a session
+    of its own, so a Ctrl-C meant for the target does not hit it and a stop kills it whole.
+    """
+
+    def __init__(self, commands: list[str], delay: float, main_pid: int, target_alive, say,
+                 origin: float) -> None:
+        self.records: list[dict] = [{"command": c, "at": None, "exit": None} for c in commands]
+        self._delay = delay
+        self._main_pid = main_pid
+        self._target_alive = target_alive
+        self._say = say
+        self._origin = origin  # "at" counts from the run's start, like run.signals_received
+        self._stop = threading.Event()
+        self._current: int | None = None  # the running exercise's pid (= its process group)
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="capprobe-exercises", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for record in self.records:
+            if self._stop.wait(self._delay):
+                return  # the target ended first: this one and the rest stay "at": null
+            self._exercise(record)
+            if self._stop.wait(self._delay):
+                return  # too soon to tell whether the target survived it
+            record["target_alive_after"] = self._target_alive()
+
+    def _exercise(self, record: dict) -> None:
+        env = dict(os.environ, MAINPID=str(self._main_pid))
+        out_r, out_w = os.pipe()
+        with self._lock:
+            if self._stop.is_set():
+                os.close(out_r)
+                os.close(out_w)
+                return
+            start = time.time()
+            # posix_spawn, not a preexec_fn (unsafe beside threads): an empty signal mask (dash
+            # clears its own, another /bin/sh may not) and a session of its own, stdout and
+            # stderr into a pipe we count
+            try:
+                self._current = pid = os.posix_spawn(
+                    "/bin/sh", ["/bin/sh", "-c", record["command"]], env,
+                    file_actions=[(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                                  (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, out_w, 2)],
+                    setsid=True, setsigmask=())
+            except OSError as e:
+                os.close(out_r)
+                os.close(out_w)
+                record.update(at=round(start - self._origin, 3), exit=127)  # the shell's "not found"
+                self._say(f"EXERCISE FAILED: {record['command']!r} could not start: {e.strerror}")
+                return
+        os.close(out_w)
+        output_bytes = 0
+        with os.fdopen(out_r, "rb") as out:
+            while chunk := out.read(1 << 16):
+                output_bytes += len(chunk)
+        _, status = os.waitpid(pid, 0)
+        end = time.time()
+        with self._lock:
+            self._current = None
+        exit_code, _ = _target_exit(os.waitstatus_to_exitcode(status))
+        record.update(at=round(start - self._origin, 3), exit=exit_code, pid=pid,
+                      seconds=round(end - start, 3), output_bytes=output_bytes, _window=(start, end))
+        if exit_code != 0:
+            self._say(f"EXERCISE FAILED: {record['command']!r} exited {exit_code} "
+                      f"({output_bytes} bytes of output); the session goes on")
+
+    def stop(self) -> None:
+        """The target ended: kill a running exercise, start no other."""
+        self._stop.set()
+        with self._lock:
+            if self._current is not None:
+                try:
+                    os.killpg(self._current, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self._thread.join(timeout=10)
+
+
+def process_running(pid: int) -> bool:
+    """PID exists and has not exited (a zombie its parent has not reaped yet has)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")
+
+
+def exercise_records(records: list[dict], signals: list, not_exercises: set[int]) -> list[dict]:
+    """The exercises for the profile, each with the signals it delivered to the target.
+
+    A signal counts as the exercise's when the exercise's shell sent it (`kill` is a
+    builtin) or when another process sent it while the exercise ran (`/bin/kill`, a
+    client's reload command), unless that sender is in NOT_EXERCISES (the target's own
+    processes, capprobe forwarding the operator's signal).
+    """
+    out = []
+    for record in records:
+        window = record.get("_window")
+        delivered = [] if window is None else [
+            {"signal": s.signal, "pid": s.pid} for s in signals
+            if s.sender == record["pid"] or (window[0] <= s.ts <= window[1] + 0.5
+                                             and s.sender is not None and s.sender not in not_exercises)]
+        out.append({**{k: v for k, v in record.items() if not k.startswith("_")},
+                    **({"signals_to_target": delivered} if window is not None else {})})
+    return out
+
+
+def _start_launcher(exe: str, opts: RunOptions, spec: dict | None, env: dict[str, str],
+                    cwd: str) -> tuple[subprocess.Popen, int]:
+    """Fork the launcher and wait until it has taken the service's identity: (process, gate fd)."""
+    ready_r, ready_w = os.pipe()
+    gate_r, gate_w = os.pipe()
+    argv = [sys.executable, "-m", "capprobe.launch", "--ready", str(ready_w), "--gate", str(gate_r),
+            json.dumps({**(spec or {}), "env": env}), "--", exe, *opts.command]
+    try:
+        launcher = subprocess.Popen(argv, cwd=cwd, pass_fds=(ready_w, gate_r))
+    except BaseException:
+        os.close(gate_w)
+        raise
+    finally:
+        os.close(ready_w)
+        os.close(gate_r)
+    try:
+        readable, _, _ = select.select([ready_r], [], [], LAUNCHER_READY_TIMEOUT)
+        answer = os.read(ready_r, 4096) if readable else b""
+    finally:
+        os.close(ready_r)
+    if answer == b"R":
+        return launcher, gate_w
+    os.close(gate_w)
+    if not readable:
+        launcher.kill()
+    rc = launcher.wait()
+    if answer.startswith(b"E"):
+        raise SessionError("capprobe: " + answer[1:].decode(errors="replace"), 126)
+    raise SessionError(f"capprobe: the launcher ended ({rc}) before starting the target", 126)
 
 
 def run_session(opts: RunOptions, status=lambda msg: None) -> RunResult:
@@ -224,19 +423,14 @@ def run_session(opts: RunOptions, status=lambda msg: None) -> RunResult:
     notes: list[str] = []
     start_cwd = os.path.abspath(opts.cwd or os.getcwd())
 
-    reclaim_stale_workdirs()
-    workdir = tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-")
-    notify_sock = recorder = None
-    read_fd = fifo_keepalive = -1
     started = time.time()
-    forwarder = None
-    timers: list[threading.Timer] = []
-    collector = None
-    # Signals that come before the target exists are held and sent once it does.
-    target = _Target(None, None)
+    target = _Target(opts.grace)
+    forwarder = notify = recorder = tracer = launcher = collector = exercises = None
+    trace_r = gate_w = -1
+    gate_opened = False
 
     def forward(signum: int, from_terminal: bool) -> None:
-        if target.ended_by is None:
+        if target.ended_by is None and signum != signal.SIGHUP:  # a SIGHUP asks for a reload, not a stop
             target.ended_by = signal.Signals(signum).name
         if signum == signal.SIGINT and from_terminal:
             return  # Ctrl-C reached the target directly; a second SIGINT could abort its cleanup
@@ -245,217 +439,153 @@ def run_session(opts: RunOptions, status=lambda msg: None) -> RunResult:
     try:
         # First, before any thread exists: every later thread inherits the blocked mask.
         forwarder = SignalForwarder(forward)
-        fifo = os.path.join(workdir, "strace.fifo")
-        os.mkfifo(fifo, 0o600)
+        target.cgroup = TargetCgroup.create(notes)
         # Like systemd, offer a notification socket: a daemon that speaks sd_notify
         # shows it only when NOTIFY_SOCKET is set (it decides Type=notify).
-        notify_path = os.path.join(workdir, "notify")
-        notify_sock = NotifyListener(notify_path)
-        if spec is not None and spec.get("uid") is not None:
-            # strace runs as the service user and must open its end of the FIFO.
-            for path in (workdir, fifo, notify_path):
-                os.chown(path, spec["uid"], spec["gid"])
-        collector = FactCollector(os.fsencode(start_cwd), os.fsencode(notify_path))
-        target_env = dict(os.environ, NOTIFY_SOCKET=notify_path)
-        if spec is not None and spec.get("uid") is not None:
-            # As systemd does for User=: the service sees its own user's environment.
-            pw = pwd.getpwuid(spec["uid"])
-            target_env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name, SHELL=pw.pw_shell,
-                              PATH=SYSTEMD_DEFAULT_PATH)
-        # Open our end first (non-blocking) so strace's open for writing does not block.
-        read_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-        os.set_blocking(read_fd, True)
-        # A FIFO reads as EOF while no writer has it open: hold a writer ourselves
-        # until strace has opened its end (see _wait_for_writer).
-        fifo_keepalive = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-
-        # strace finds the command on $PATH itself, so the target's argv[0] stays as typed.
-        argv = [strace, *STRACE_FLAGS, "-o", fifo, "--", *opts.command]
-        # The launcher takes the service's identity, then waits at a gate until the
-        # capability probe is armed on its pid, then becomes strace.
-        gate_r, gate_w = os.pipe()
-        argv = [sys.executable, "-m", "capprobe.launch", "--gate", str(gate_r),
-                json.dumps(spec or {}), "--", *argv]
-
-        target.collector = collector
+        notify = NotifyListener(target.cgroup.is_member if target.cgroup is not None else lambda pid: True)
+        collector = FactCollector(os.fsencode(start_cwd), os.fsencode(notify.address), attached=True)
+        env = service_environment(spec, notify.address, opts.env)
+        launcher, gate_w = _start_launcher(exe, opts, spec, env, start_cwd)
+        if target.cgroup is not None:
+            target.cgroup.add(launcher.pid)
+            target.cgroup.watch()
+        target.started(launcher.pid)
+        recorder = CapabilityRecorder.start(opts.cap_probe, launcher.pid, collector, notes)
+        trace_r, trace_w = open_trace_pipe()
         try:
-            proc = subprocess.Popen(argv, cwd=start_cwd, preexec_fn=_set_pdeathsig,
-                                    pass_fds=(gate_r,), env=target_env)
+            tracer = attach(strace, launcher.pid, trace_w)
         finally:
-            os.close(gate_r)
-        target.strace = proc
+            os.close(trace_w)
+        recorder.exclude_pid(tracer.pid)  # strace's own /proc reads of the target are not the target's
         try:
-            recorder = CapabilityRecorder.start(opts.cap_probe, proc.pid, collector, notes)
-        finally:
-            os.close(gate_w)  # open the gate: strace and the target start now
-
+            wait_attached(launcher.pid, tracer)
+        except AttachError as e:
+            raise SessionError(f"capprobe: {e}", 1) from None
+        os.write(gate_w, b"G")  # the target starts now, traced from its execve on
+        os.close(gate_w)
+        gate_w = -1
+        gate_opened = True
         if opts.duration is not None:
-            def end_duration():
-                target.ended_by = target.ended_by or "duration"
-                target.signal(signal.SIGTERM)
-                t = threading.Timer(opts.grace, target.kill_all)
-                t.daemon = True
-                timers.append(t)
-                t.start()
-            t = threading.Timer(opts.duration, end_duration)
-            t.daemon = True
-            timers.append(t)
-            t.start()
+            target.later(opts.duration, target.end_duration)
+        if opts.exercises:
+            # not launcher.poll(): it answers "running" while the main thread holds the wait lock
+            exercises = ExerciseRunner(opts.exercises, opts.exercise_delay, launcher.pid,
+                                       lambda: launcher.returncode is None and process_running(launcher.pid),
+                                       status, started)
 
-        _wait_for_writer(read_fd, fifo_keepalive, proc)
-        fifo_keepalive = -1
-        with os.fdopen(read_fd, "rb", buffering=1 << 16) as stream:
-            read_fd = -1
-            lines = 0
-            for raw in stream:
+        # strace closes the pipe when it exits: once every traced process is gone.
+        with os.fdopen(trace_r, "rb", buffering=1 << 16) as stream:
+            trace_r = -1
+            for lines, raw in enumerate(stream, 1):
                 collector.feed_line(raw.decode("latin-1"))
-                lines += 1
                 if not lines & 0x1F:
                     recorder.drain()
-                    if target._pending:
-                        target.send_pending()
-        rc = proc.wait()
+        tracer.wait()
+        rc = launcher.wait()
     finally:
-        for t in timers:
+        for t in target.timers:
             t.cancel()
+        if exercises is not None:
+            exercises.stop()
         if forwarder is not None:
             forwarder.close()
-        for fd in (read_fd, fifo_keepalive):
+        for fd in (trace_r, gate_w):
             if fd >= 0:
-                os.close(fd)
+                os.close(fd)  # a launcher still at the gate sees EOF and exits without exec
+        if tracer is not None and tracer.poll() is None:
+            tracer.kill()
+            tracer.wait()
         if recorder is not None:
             recorder.stop()
-        if notify_sock is not None:
-            notify_sock.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if notify is not None:
+            notify.close()
+        if launcher is not None and not gate_opened:
+            launcher.wait()  # it saw the closed gate and exits without starting the target
+        never_traced = untraced_members(target.cgroup, collector)
+        if target.cgroup is not None:
+            target.cgroup.remove()
     ended = time.time()
 
-    exit_code, exit_signal = _target_exit(collector, rc)
+    exit_code, exit_signal = _target_exit(rc)
+    incomplete = []
+    if never_traced:
+        incomplete.append(f"{len(never_traced)} process(es) of the target were never traced (started with "
+                          "CLONE_UNTRACED, or lost by the tracer): their syscalls and files are missing")
     profile = {
         "schema": SCHEMA,
         "host": host_stamp(),
         "run": {
-            "command": opts.command,
-            "executable": exe,
+            # stored like paths: exact bytes, "b64:" when an argument is not UTF-8
+            "command": [encode_path(os.fsencode(arg)) for arg in opts.command],
+            "executable": encode_path(os.fsencode(exe)),
             "cwd": start_cwd,
             "user": _user_label(spec),
             "caps_at_start": _caps_label(spec),
+            # --env values as given, encoded like paths ("b64:" when not UTF-8)
+            "environment": {name: encode_path(os.fsencode(value)) for name, value in opts.env.items()},
             "started": round(started, 6),
             "ended": round(ended, 6),
             "duration": round(ended - started, 3),
             "exit_status": exit_code,
             "exit_signal": exit_signal,
             "ended_by": target.ended_by or "exit",
+            "requested_duration": opts.duration,  # None: the target was to run until it exits
             "tracer": {"backend": "strace", "flags": STRACE_FLAGS},
             # capprobe's stand-in for /run/systemd/notify: not a place the service shares
-            "notify_socket": notify_path,
+            "notify_socket": notify.address,
+            "notifications": notify.received,
+            "main_pid": launcher.pid,  # $MAINPID: the target's own process (the launcher exec'd it)
+            # reload/log-reopen signals (SIGHUP, SIGUSR1, SIGUSR2) the target's processes received
+            "signals_received": [{"pid": s.pid, "signal": s.signal, "from_pid": s.sender,
+                                  "at": round(s.ts - started, 3)} for s in collector.signals_received],
+            "exercises": exercise_records(exercises.records if exercises else [], collector.signals_received,
+                                          collector.traced_pids() | {os.getpid()}),
             "capprobe": __version__,
         },
         **collector.sections(),
     }
+    if notify.dropped or notify.rejected:
+        profile["run"]["notifications_not_recorded"] = {"past_limit": notify.dropped,
+                                                        "from_outside_the_target": notify.rejected}
     profile["executables"] = describe_executables(profile["processes"])
+    notes += privileged_exec_notes(profile["executables"])
     record_file_modes(profile)
     profile["capabilities"] = recorder.section(profile)
+    incomplete += recorder.incomplete_reasons()
+    profile["complete"] = not incomplete
+    profile["incomplete"] = incomplete
     return RunResult(profile, exit_code, notes)
 
 
-MAX_STAT_PATHS = 20000
+def untraced_members(cgroup: TargetCgroup | None, collector: FactCollector | None) -> list[int]:
+    """Pids that were in the target's cgroup but never in strace's stream."""
+    if cgroup is None or collector is None:
+        return []
+    cgroup.poll()
+    return sorted(pid for pid in cgroup.seen if not collector.is_reported(pid))
 
 
-def record_file_modes(profile: dict) -> None:
-    """Mode and owner of every file and device used, as they are at the end of the run.
+def privileged_exec_notes(executables: list[dict]) -> list[str]:
+    """One line per setuid/setgid/file-capability program the target ran.
 
-    Who may open them decides the identity a unit can use: a 0600 root file or a
-    crw------- device cannot be opened by DynamicUser=, whatever the capabilities.
+    strace is root, so the kernel lets a traced exec keep such privilege (ptracer_capable);
+    what the program did with it is in the profile as the service's own need.
     """
-    from .paths import decode_path
-    for entry in profile["files"][:MAX_STAT_PATHS] + profile.get("devices", []):
-        try:
-            st = os.stat(decode_path(entry["path"]))
-        except OSError:
-            entry["stat"] = {"missing": True}
-            continue
-        entry["stat"] = {"mode": f"{st.st_mode & 0o7777:04o}", "uid": st.st_uid, "gid": st.st_gid,
-                         "type": "dir" if os.path.isdir(decode_path(entry["path"])) else "other"}
+    notes = []
+    for ex in executables:
+        kinds = [kind for kind, flag in (("setuid", ex.get("setuid")), ("setgid", ex.get("setgid")),
+                                         ("file capabilities", ex.get("file_caps"))) if flag]
+        if kinds:
+            notes.append(f"{ex['path']} has {'/'.join(kinds)} (owner uid {ex.get('owner')}): it ran with that "
+                         "privilege under capprobe's root tracer; with NoNewPrivileges= it would run without it")
+    return notes
 
 
-def describe_executables(processes: list[dict]) -> list[dict]:
-    """Setuid/setgid bits and file capabilities of every executed file (NoNewPrivileges)."""
-    from .paths import decode_path
-    seen: dict[str, dict] = {}
-    for proc in processes:
-        for ex in proc["execs"]:
-            path = ex["path"]
-            if path in seen:
-                continue
-            raw = decode_path(path)
-            entry = {"path": path, "setuid": False, "setgid": False, "file_caps": False, "owner": None}
-            try:
-                st = os.stat(raw)
-                entry.update(setuid=bool(st.st_mode & 0o4000), setgid=bool(st.st_mode & 0o2000),
-                             owner=st.st_uid)
-                try:
-                    entry["file_caps"] = bool(os.getxattr(raw, "security.capability"))
-                except OSError:
-                    pass
-            except OSError:
-                entry["missing"] = True
-            seen[path] = entry
-    return list(seen.values())
-
-
-class NotifyListener:
-    """A datagram socket standing in for systemd's notification socket; drained so senders never block."""
-
-    def __init__(self, path: str) -> None:
-        import socket
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(path)
-        os.chmod(path, 0o600)
-        self.sock.settimeout(0.5)
-        self.messages = 0
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._drain, name="capprobe-notify", daemon=True)
-        self._thread.start()
-
-    def _drain(self) -> None:
-        while not self._closed.is_set():
-            try:
-                if self.sock.recv(4096):
-                    self.messages += 1
-            except OSError:
-                continue
-
-    def close(self) -> None:
-        self._closed.set()
-        self._thread.join(timeout=2)
-        self.sock.close()
-
-
-def _wait_for_writer(read_fd: int, keepalive: int, proc: subprocess.Popen) -> None:
-    """Drop our own writer once strace writes (so it holds the FIFO) or has exited."""
-    import select
-    try:
-        while proc.poll() is None:
-            readable, _, _ = select.select([read_fd], [], [], 0.2)
-            if readable:
-                break
-    finally:
-        os.close(keepalive)
-
-
-def _target_exit(collector: FactCollector, rc: int) -> tuple[int, str | None]:
-    """Exit code the shell would see for the target: N, or 128+N for signal N."""
-    root = collector.procs.get(collector.root_pid) if collector.root_pid else None
-    if root is not None and root.exit_signal:
-        num = signal.Signals[root.exit_signal].value if root.exit_signal in signal.Signals.__members__ else 0
-        return 128 + num, root.exit_signal
-    if root is not None and root.exit_status is not None:
-        return root.exit_status, None
+def _target_exit(rc: int) -> tuple[int, str | None]:
+    """Exit code the shell would see for the target (waitpid's, exact): N, or 128+N for signal N."""
     if rc < 0:
         return 128 - rc, signal.Signals(-rc).name
     return rc, None
-
 
 def _user_label(spec: dict | None) -> dict:
     if spec is None or spec.get("uid") is None:

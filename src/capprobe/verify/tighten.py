@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from ..facts.collector import FactCollector
 from ..rules.base import Directive
+from ..tracing.strace import STRACE_FLAGS
 from .attribute import Blame, allowed_by_filter, blame_from_status, blame_from_trace, relax_unit_text
 from .systemd_host import UnitRun, run_unit, traced_rerun_dir
 
@@ -64,7 +65,7 @@ def traced_rerun_text(unit_text: str, trace_dir: str) -> str:
         if key in ("SystemCallFilter", "SystemCallErrorNumber"):
             continue
         if key == "ExecStart":
-            line = (f"ExecStart={STRACE} -f -q -ttt -n -yy -X verbose -s 4096 -e signal=none "
+            line = (f"ExecStart={STRACE} {' '.join(STRACE_FLAGS)} "
                     f"-o {trace_dir}/trace -- " + line.split("=", 1)[1])
         out.append(line)
         if line.strip() == "[Service]":
