@@ -518,3 +518,23 @@ def test_kernel_without_any_variant_raises_probe_unavailable(monkeypatch):
     monkeypatch.setattr(bt, "bpftrace_available", lambda binary="bpftrace": None)
     with pytest.raises(ProbeUnavailable, match="neither"):
         BpftraceCapabilityProbe(os.getpid()).start()
+
+
+@needs_bpftrace
+def test_excluded_pid_is_dropped_on_delivery():
+    """The program is fixed once loaded: exclusion happens when records are delivered."""
+    target = HeldChild(["/bin/sleep", "5"], user=65534)
+    target.release()
+    reader_code = ("import sys\nfor _ in range(200):\n"
+                   "    open(f'/proc/{sys.argv[1]}/environ', 'rb').read()\n")
+    reader = HeldChild([PYTHON, "-c", reader_code, str(target.pid)])
+    try:
+        with BpftraceCapabilityProbe(reader.pid, variant="tracepoint") as probe:
+            probe.exclude_pid(reader.pid)
+            reader.release()
+            assert reader.wait()[0] == 0
+    finally:
+        os.kill(target.pid, signal.SIGKILL)
+        target.wait()
+    assert not [c for c in probe.checks if c.pid == reader.pid]
+    assert probe.stats.excluded_checks >= 200  # each read asked CAP_SYS_PTRACE

@@ -250,3 +250,57 @@ def test_bpftrace_backend_gives_the_same_capabilities_as_tracefs(tmp_path):
         assert p["capabilities"]["required"] == ["CAP_CHOWN"]
         (use,) = uses(p, "CAP_CHOWN")
         assert use["count"] == 2 and str(f) in use["targets"] and by_exe(use) == "chown"
+
+
+SNDBUFFORCE = ("import socket\n"
+               "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+               "s.setsockopt(socket.SOL_SOCKET, 32, 8 << 20)  # SO_SNDBUFFORCE, as sd_notify does\n"
+               "s.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE\n")
+
+
+def test_forced_socket_buffer_is_listed_but_not_required(tmp_path):
+    r = capprobe("run", "-q", "--no-unit", "-o", str(tmp_path / "p.json"), "--",
+                 SYSTEM_PYTHON, "-c", SNDBUFFORCE)
+    assert r.returncode == 0, r.stderr
+    p = load(tmp_path / "p.json")
+    assert "CAP_NET_ADMIN" not in required(p)
+    (forced,) = uses(p, "CAP_NET_ADMIN", "advisory")
+    assert forced["call_site"] == "sk_setsockopt" and forced["count"] == 2
+    assert "fd_inc_sndbuf" in forced["why_not_required"]
+
+
+def test_other_privileged_socket_options_stay_required(tmp_path):
+    code = "import socket\nsocket.socket().setsockopt(socket.SOL_SOCKET, socket.SO_DEBUG, 1)\n"
+    r = capprobe("run", "-q", "--no-unit", "-o", str(tmp_path / "p.json"), "--", SYSTEM_PYTHON, "-c", code)
+    assert r.returncode == 0, r.stderr
+    p = load(tmp_path / "p.json")
+    assert required(p) == ["CAP_NET_ADMIN"]
+    (debug,) = uses(p, "CAP_NET_ADMIN")
+    assert debug["targets"] == ["SO_DEBUG"]
+
+
+CAPSET = """
+import ctypes, sys
+class Header(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+class Data(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+keep = 1 << 10  # CAP_NET_BIND_SERVICE
+sets = (Data * 2)(Data(keep, keep, int(sys.argv[1])))
+libc = ctypes.CDLL(None, use_errno=True)
+sys.exit(libc.syscall(126, ctypes.byref(Header(0x20080522, 0)), sets))  # capset, version 3
+"""
+
+
+@pytest.mark.parametrize("inheritable, status", [(0, "advisory"), (1 << 10, "required")])
+def test_capset_that_drops_capabilities_does_not_need_setpcap(tmp_path, inheritable, status):
+    """Keeping CAP_NET_BIND_SERVICE alone: the kernel asks CAP_SETPCAP on every capset, and it
+    matters only for a non-empty inheritable set (cap_inh_is_capped)."""
+    r = capprobe("run", "-q", "--no-unit", "-o", str(tmp_path / "p.json"), "--",
+                 SYSTEM_PYTHON, "-c", CAPSET, str(inheritable))
+    assert r.returncode == 0, r.stderr
+    p = load(tmp_path / "p.json")
+    (setpcap,) = uses(p, "CAP_SETPCAP", status)
+    assert setpcap["call_site"] == "cap_capset" and setpcap["syscall"] == "capset"
+    assert ("CAP_SETPCAP" in required(p)) == (status == "required")

@@ -161,3 +161,40 @@ def test_syscall_from_stack():
     assert syscall_from_stack(("cap_capable", "__sys_bind", "__x64_sys_bind")) == "bind"
     assert syscall_from_stack(("cap_capable", "kthread")) is None
     assert isinstance(classify(BIND_80), CapabilityUse)
+
+
+SNDBUFFORCE = check("CAP_NET_ADMIN", "sk_setsockopt", "do_sock_setsockopt", "__sys_setsockopt",
+                    "__x64_sys_setsockopt", "do_syscall_64")
+CAPSET = check("CAP_SETPCAP", "cap_capset", "security_capset", "__do_sys_capset",
+               "__x64_sys_capset", "do_syscall_64")
+DROP = "{effective=0x400 /* 1<<CAP_NET_BIND_SERVICE */, permitted=0x400 /* 1<<CAP_NET_BIND_SERVICE */, inheritable=0}"
+RAISE_INHERITABLE = DROP.replace("inheritable=0}", "inheritable=0x400 /* 1<<CAP_NET_BIND_SERVICE */}")
+
+
+@pytest.mark.parametrize("use_check, operand, kind", [
+    (SNDBUFFORCE, "SO_SNDBUFFORCE", ADVISORY),    # sd_notify's fd_inc_sndbuf ignores EPERM
+    (SNDBUFFORCE, "SO_RCVBUFFORCE", ADVISORY),
+    (SNDBUFFORCE, "SO_DEBUG", REQUIRED),          # same call site, another option
+    (SNDBUFFORCE, None, REQUIRED),                # no strace fact: the conservative answer
+    (CAPSET, DROP, ADVISORY),                     # cap_inh_is_capped cannot matter
+    (CAPSET, RAISE_INHERITABLE, REQUIRED),        # it may: keep it
+])
+def test_operand_decides_advisory_where_the_call_site_alone_cannot(use_check, operand, kind):
+    asked = []
+
+    def operand_of(syscall):
+        asked.append(syscall)
+        return operand
+
+    use = classify(use_check, operand_of=operand_of)
+    assert use.kind == kind
+    assert asked == [use.syscall] and use.syscall in ("setsockopt", "capset")
+    if kind == ADVISORY:
+        assert use.advisory_why
+
+
+def test_operand_is_not_asked_for_call_sites_that_do_not_need_it():
+    def operand_of(syscall):
+        raise AssertionError("asked")
+    assert classify(BIND_80, operand_of=operand_of).kind == REQUIRED
+    assert classify(MMAP, operand_of=operand_of).kind == ADVISORY

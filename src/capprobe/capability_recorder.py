@@ -17,11 +17,11 @@ from .facts.capability_uses import CapabilityUseAggregator
 class CapabilityRecorder:
     """Either a live tracefs probe, or nothing (then section() infers)."""
 
-    def __init__(self, probe, collector, strace_pid: int, reason_off: str | None) -> None:
+    def __init__(self, probe, collector, reason_off: str | None) -> None:
         self.probe = probe
         self.collector = collector
-        self.strace_pid = strace_pid
         self.reason_off = reason_off
+        self.excluded_pids: set[int] = set()
         self.method = "tracefs"
         self.stats = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -29,21 +29,25 @@ class CapabilityRecorder:
         self.aggregator = CapabilityUseAggregator(collector) if probe is not None else None
 
     @classmethod
-    def start(cls, mode: str, strace_pid: int, collector, notes: list[str]) -> "CapabilityRecorder":
-        """Arm the probe on the launcher's pid (strace and the target descend from it)."""
+    def start(cls, mode: str, launcher_pid: int, collector, notes: list[str]) -> "CapabilityRecorder":
+        """Arm the probe on the launcher's pid (the target descends from it).
+
+        "auto" falls back (tracefs, bpftrace, inference) and notes why; an explicit backend
+        that cannot run is a SessionError: the user chose it, so no silent substitute.
+        """
         if mode == "off":
-            return cls(None, collector, strace_pid, "turned off with --cap-probe off")
+            return cls(None, collector, "turned off with --cap-probe off")
         from .tracing.bpftrace import BpftraceCapabilityProbe
         from .tracing.tracefs import CapabilityProbe, ProbeUnavailable
         backends = {"tracefs": CapabilityProbe, "bpftrace": BpftraceCapabilityProbe}
         # tracefs first (this kernel's cap_capable tracepoint), then bpftrace (kprobes on
         # kernels without it), then inference from the syscalls (fallback 2, in section()).
         order = ["tracefs", "bpftrace"] if mode == "auto" else [mode]
-        recorder = cls(None, collector, strace_pid, None)
+        recorder = cls(None, collector, None)
         reasons = []
         for name in order:
             try:
-                probe = backends[name](strace_pid, on_check=recorder._queue.put)
+                probe = backends[name](launcher_pid, on_check=recorder._queue.put)
                 probe.start()
             except ProbeUnavailable as e:
                 reasons.append(f"{name}: {getattr(e, 'reason', str(e))}")
@@ -57,9 +61,31 @@ class CapabilityRecorder:
                 notes.append(f"capability probe: {name} ({'; '.join(reasons)})")
             return recorder
         reason = "; ".join(reasons)
+        if mode != "auto":
+            from .session import SessionError  # imported here: session imports this module
+            raise SessionError(f"--cap-probe {reason}")
         notes.append(f"no kernel capability probe ({reason}); capabilities are inferred from syscalls")
         recorder.reason_off = reason
         return recorder
+
+    def exclude_pid(self, pid: int) -> None:
+        """Never record pid's checks: capprobe's own tracer (strace reading the target's /proc
+        asks CAP_SYS_PTRACE thousands of times once the target runs as another user).
+
+        pid must not be an ancestor of the target: the kernel excludes its future children too.
+        """
+        self.excluded_pids.add(pid)
+        if self.probe is not None:
+            self.probe.exclude_pid(pid)
+
+    def incomplete_reasons(self) -> list[str]:
+        """One line per reason the recorded capabilities may miss checks (empty: complete)."""
+        self.stop()
+        lost = self.stats.lost_events if self.stats is not None else 0
+        if not lost:
+            return []
+        return [f"the kernel probe ({self.method}) lost {lost} capability checks "
+                "(ring buffer overrun): the required capabilities may be incomplete"]
 
     def drain(self, final: bool = False) -> None:
         """Fold queued checks whose syscall the strace stream has already delivered."""
@@ -75,8 +101,8 @@ class CapabilityRecorder:
         collector = self.collector
         for check in self._pending:
             pid = check.pid
-            if pid == self.strace_pid:
-                continue  # the launcher and strace themselves, not the target
+            if pid in self.excluded_pids:
+                continue  # capprobe's own tracer
             wall = self.probe.mono_to_wall(check.mono_ts)
             if not final and (pid in deferred_pids or collector.last_seen(pid) < wall):
                 # strace has not yet printed this pid's later syscalls: keep kernel

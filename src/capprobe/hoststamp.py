@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import shutil
 import subprocess
+from pathlib import Path
 
 from . import __version__
 
@@ -27,6 +28,15 @@ def _distribution() -> str | None:
         return None
 
 
+def _local_port_range() -> list[int] | None:
+    """net.ipv4.ip_local_port_range: the ports the kernel picks source ports from (bind rules)."""
+    try:
+        low, high = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return None
+    return [low, high]
+
+
 def host_stamp() -> dict:
     """Kernel, architecture, distribution and tool versions of this host."""
     return {
@@ -38,4 +48,5 @@ def host_stamp() -> dict:
         "strace": _first_line(["strace", "-V"]),
         "capprobe": __version__,
         "python": platform.python_version(),
+        "ip_local_port_range": _local_port_range(),
     }

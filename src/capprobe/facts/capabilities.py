@@ -7,10 +7,10 @@ Pure: tables come from probes/capability_callsites.toml, checks from the tracefs
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import combinations
-from typing import Iterable
+from typing import Callable, Iterable
 
 from capprobe.capabilities import cap_name
 from capprobe.events.tracefs_records import CapCheck
@@ -42,6 +42,9 @@ class CallSiteTables:
     reasons: dict[tuple[str, str | None], str]          # (call_site, cap or None) -> reason
     advisory: dict[tuple[str, str | None], str]         # (call_site, cap or None) -> why
     either_or: tuple[dict, ...]
+    # (call_site, cap or None) -> ((operand pattern, why), ...): advisory only for these operands
+    advisory_by_operand: dict[tuple[str, str | None], tuple[tuple[re.Pattern, str], ...]] = \
+        field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -89,12 +92,19 @@ def tables_from_dict(table: dict) -> CallSiteTables:
     def keyed(entries, value_field):
         return {(e["call_site"], e.get("cap")): e[value_field] for e in entries}
 
+    advisory = [e for e in table.get("advisory", ()) if "operand" not in e]
+    by_operand: dict[tuple[str, str | None], tuple[tuple[re.Pattern, str], ...]] = {}
+    for e in table.get("advisory", ()):
+        if "operand" in e:
+            key = (e["call_site"], e.get("cap"))
+            by_operand[key] = (*by_operand.get(key, ()), (re.compile(e["operand"]), e["why"]))
     return CallSiteTables(
         skip_frames=frozenset(table.get("skip_frames", ())),
         breadth=dict(table.get("breadth", {})),
         reasons=keyed(table.get("reason", ()), "reason"),
-        advisory=keyed(table.get("advisory", ()), "why"),
+        advisory=keyed(advisory, "why"),
         either_or=tuple(table.get("either_or", ())),
+        advisory_by_operand=by_operand,
     )
 
 
@@ -141,12 +151,25 @@ def alternatives_for(cap: str, chain: list[str], tables: CallSiteTables) -> froz
     return frozenset(alternatives)
 
 
-def classify(check: CapCheck, tables: CallSiteTables | None = None) -> CapabilityUse:
-    """Classify one check: call site, syscall, reason, required/advisory, alternatives."""
+def classify(check: CapCheck, tables: CallSiteTables | None = None,
+             operand_of: Callable[[str | None], str | None] | None = None) -> CapabilityUse:
+    """Classify one check: call site, syscall, reason, required/advisory, alternatives.
+
+    operand_of(syscall) gives what the syscall was about, as the strace facts recorded it
+    (the socket option, capset's new sets); asked only for call sites whose advisory
+    entries depend on it.
+    """
     tables = tables or load_callsite_tables()
     cap = cap_name(check.cap)
     chain, call_site = split_stack(check.stack, tables.skip_frames)
+    syscall = syscall_from_stack(check.stack)
     advisory_why = _lookup(tables.advisory, call_site, cap) if call_site else None
+    by_operand = tables.advisory_by_operand.get((call_site, cap)) \
+        or tables.advisory_by_operand.get((call_site, None))
+    if advisory_why is None and by_operand and operand_of is not None:
+        operand = operand_of(syscall)
+        if operand is not None:
+            advisory_why = next((why for pattern, why in by_operand if pattern.search(operand)), None)
     reason = (_lookup(tables.reasons, call_site, cap) if call_site else None) \
         or call_site or "unknown call site (no stack)"
     return CapabilityUse(
@@ -154,7 +177,7 @@ def classify(check: CapCheck, tables: CallSiteTables | None = None) -> Capabilit
         cap=cap,
         granted=check.granted,
         call_site=call_site,
-        syscall=syscall_from_stack(check.stack),
+        syscall=syscall,
         reason=reason,
         kind=ADVISORY if advisory_why else REQUIRED,
         alternatives=alternatives_for(cap, chain, tables),

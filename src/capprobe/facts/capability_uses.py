@@ -43,8 +43,9 @@ class CapabilityUseAggregator:
     def add(self, check, wall_ts: float) -> None:
         """One CapCheck (kernel order), with its time on the strace clock."""
         self.checks += 1
-        use = classify(check, self.tables)
         pid = check.pid
+        use = classify(check, self.tables,
+                       lambda syscall: self.collector.operand_at(pid, wall_ts, syscall))
         previous = self._carried.pop(pid, None)
         if previous is not None:
             prev_use, prev_ts = previous

@@ -218,6 +218,10 @@ class BpftraceCapabilityProbe(CheckDelivery):
         self.stats.unparsed_examples = list(parser.unparsed_examples)
         return self.stats
 
+    # exclude_pid() (CheckDelivery) filters on delivery only: the program is fixed once
+    # loaded. It follows the fork tree from root_pid, so a tracer outside that tree (strace
+    # attached with -p) never enters the perf buffer in the first place.
+
     def __enter__(self) -> "BpftraceCapabilityProbe":
         return self.start()
 

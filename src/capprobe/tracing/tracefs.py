@@ -2,7 +2,9 @@
 
 Each probe owns an instance /sys/kernel/tracing/instances/capprobe-<ownerpid>-<random> with
 set_event_pid (plus event-fork) so concurrent probes never see each other's tasks. The
-instance is removed on every exit path; instances left by dead owners are reclaimed at start.
+instance is removed on every exit path: by stop(), or, when capprobe dies without cleaning up
+(SIGKILL), by a watchdog process that waits for the end of a pipe only capprobe holds.
+Instances left by dead owners (e.g. the watchdog was killed too) are reclaimed at start.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import re
 import secrets
 import select
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -42,7 +45,8 @@ class ProbeStats:
     """What a finished probe saw besides the checks themselves."""
 
     checks: int = 0
-    lost_events: int = 0            # ring-buffer overruns + dropped events (+ inline LOST lines)
+    lost_events: int = 0            # capability checks the kernel recorded but we never read
+    excluded_checks: int = 0        # checks of exclude_pid() pids dropped on delivery
     unparsed_count: int = 0
     unparsed_examples: list[str] = field(default_factory=list)
     orphan_stacks: int = 0
@@ -61,8 +65,9 @@ def in_initial_pid_namespace() -> bool:
         return True
 
 
-def ensure_tracefs(root: Path = TRACEFS) -> Path:
-    """Return the tracefs root, mounting it if needed; ProbeUnavailable when impossible."""
+def ensure_tracefs(root: Path = TRACEFS) -> bool:
+    """Make sure tracefs is usable at root, mounting it if needed; True when this call mounted
+    it. ProbeUnavailable when impossible."""
     if os.geteuid() != 0:
         raise ProbeUnavailable("capability probe needs root (tracefs instances are root-only)")
     if not in_initial_pid_namespace():
@@ -70,14 +75,35 @@ def ensure_tracefs(root: Path = TRACEFS) -> Path:
         # the filter would match nothing (measured: 0 checks under systemd-nspawn), and
         # stale-instance clean-up could not tell live owners from dead ones.
         raise ProbeUnavailable("running in a pid namespace (container): tracefs sees host pids only")
-    if not (root / "instances").is_dir():
-        result = subprocess.run(["mount", "-t", "tracefs", "nodev", str(root)],
-                                capture_output=True, text=True)
-        if result.returncode != 0 or not (root / "instances").is_dir():
-            raise ProbeUnavailable(f"tracefs not available at {root}: {result.stderr.strip()}")
+    mounted = mount_tracefs(root)
     if not (root / EVENT).is_dir():
+        if mounted:
+            unmount_if_unused(root)
         raise ProbeUnavailable("kernel has no capability:cap_capable tracepoint")
-    return root
+    return mounted
+
+
+def mount_tracefs(root: Path = TRACEFS) -> bool:
+    """Mount tracefs at root unless it is there; True when this call mounted it."""
+    if (root / "instances").is_dir():
+        return False
+    result = subprocess.run(["mount", "-t", "tracefs", "nodev", str(root)],
+                            capture_output=True, text=True)
+    if result.returncode != 0 or not (root / "instances").is_dir():
+        why = " ".join(result.stderr.split()) or f"mount exited with {result.returncode}"
+        raise ProbeUnavailable(f"tracefs not available at {root}: {why}")
+    return True
+
+
+def unmount_if_unused(root: Path) -> bool:
+    """Unmount a tracefs capprobe mounted itself, unless another capprobe probe still uses it."""
+    instances = root / "instances"
+    try:
+        if any(entry.name.startswith(INSTANCE_PREFIX) for entry in instances.iterdir()):
+            return False
+    except OSError:
+        return False
+    return subprocess.run(["umount", str(root)], capture_output=True).returncode == 0
 
 
 def _pid_alive(pid: int) -> bool:
@@ -111,9 +137,10 @@ def _remove_instance(path: Path, timeout_s: float = 2.0) -> bool:
 
 def reclaim_stale_instances(root: Path = TRACEFS) -> list[str]:
     """Remove capprobe-<pid>-* instances whose owner process is gone; return their names."""
-    reclaimed = []
+    reclaimed: list[str] = []
     instances = root / "instances"
-    if not instances.is_dir():
+    if not in_initial_pid_namespace() or not instances.is_dir():
+        # Owners are host pids: inside a pid namespace every host session's owner looks dead.
         return reclaimed
     for entry in instances.iterdir():
         match = _INSTANCE_NAME.match(entry.name)
@@ -142,8 +169,12 @@ def _write_quietly(path: Path, value: str) -> None:
         pass
 
 
-def read_lost_events(instance: Path) -> int:
-    """Sum 'overrun' and 'dropped events' over the instance's per_cpu/cpuN/stats."""
+def read_lost_entries(instance: Path) -> int:
+    """Sum 'overrun' and 'dropped events' over the instance's per_cpu/cpuN/stats.
+
+    These count ring-buffer entries, not checks: with options/stacktrace every check is two
+    entries (the event and its <stack trace>); see lost_checks().
+    """
     lost = 0
     for stats in sorted((instance / "per_cpu").glob("cpu*/stats")):
         try:
@@ -157,15 +188,40 @@ def read_lost_events(instance: Path) -> int:
     return lost
 
 
+def lost_checks(lost_entries: int, stackless_checks: int, orphan_stacks: int) -> int:
+    """Checks lost, from ring-buffer entries lost when each check is an event + a stack entry.
+
+    A lost entry is an event (a lost check) or a stack. Stacks lost with their event come in
+    pairs; a check read without its stack lost only the stack (stackless_checks); a stack read
+    without its event lost only the event (orphan_stacks). So
+    lost_entries = 2 * pairs + stackless + orphans, and lost checks = pairs + orphans
+    (an odd entry left over is counted as a check: never under-report a loss).
+    """
+    pairs, odd = divmod(max(0, lost_entries - stackless_checks - orphan_stacks), 2)
+    return pairs + odd + orphan_stacks
+
+
 class CheckDelivery:
-    """What every capability probe backend shares: hand each check on, count, never lose one."""
+    """What every capability probe backend shares: hand each check on, count, never lose one.
+
+    Checks of excluded pids (capprobe's own tracer) are dropped here: the kernel-side filter
+    of each backend keeps most of them out, this catches those buffered before exclusion.
+    """
 
     stats: "ProbeStats"
     on_check: Callable[[CapCheck], None] | None
     checks: list[CapCheck]
+    excluded_pids: frozenset[int] = frozenset()
+
+    def exclude_pid(self, pid: int) -> None:
+        """Drop pid's checks (capprobe's own tracer); backends add a kernel-side filter."""
+        self.excluded_pids = self.excluded_pids | {pid}
 
     def _deliver(self, checks: list[CapCheck]) -> None:
         for check in checks:
+            if check.pid in self.excluded_pids:
+                self.stats.excluded_checks += 1
+                continue
             self.stats.checks += 1
             if self.on_check is None:
                 self.checks.append(check)
@@ -200,6 +256,10 @@ class CapabilityProbe(CheckDelivery):
         self._reader: threading.Thread | None = None
         self._stopping = threading.Event()
         self._stopped = False
+        self._stackless_checks = 0
+        self._mounted_tracefs = False
+        self._watchdog: subprocess.Popen | None = None
+        self._watchdog_pipe: int | None = None
 
     def mono_to_wall(self, mono_ts: float) -> float:
         """Convert a CapCheck.mono_ts to time.time() seconds."""
@@ -207,12 +267,14 @@ class CapabilityProbe(CheckDelivery):
 
     def start(self) -> "CapabilityProbe":
         """Create and arm the instance, start the reader; cleans up itself if anything fails."""
-        root = ensure_tracefs(self._tracefs)
+        root = self._tracefs
+        self._mounted_tracefs = ensure_tracefs(root)
         reclaim_stale_instances(root)
         name = f"{INSTANCE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         self.instance = root / "instances" / name
         try:
             self.instance.mkdir()
+            self._start_watchdog(self.instance)
             inst = self.instance
             _write(inst / "trace_clock", "mono")
             _write(inst / "buffer_size_kb", str(self._buffer_size_kb))
@@ -241,6 +303,19 @@ class CapabilityProbe(CheckDelivery):
             raise RuntimeError("probe not started")
         _write(self.instance / "set_event_pid", f"{pid}\n", append=True)
 
+    def exclude_pid(self, pid: int) -> None:
+        """Never record pid's checks (capprobe's own tracer), in the kernel and on delivery.
+
+        With event-fork the kernel also excludes pid's future children: exclude only a task
+        that does not fork the target.
+        """
+        if self.instance is None:
+            raise RuntimeError("probe not started")
+        super().exclude_pid(pid)
+        notrace = self.instance / "set_event_notrace_pid"
+        if notrace.exists():  # Linux >= 5.8; before, the delivery filter alone drops them
+            _write(notrace, f"{pid}\n", append=True)
+
     def stop(self) -> ProbeStats:
         """Disable the event, drain what is buffered, record losses, remove the instance."""
         if self._stopped:
@@ -259,8 +334,10 @@ class CapabilityProbe(CheckDelivery):
                 self._pending_text = ""
             self._deliver(self._parser.flush())
             if self.instance is not None:
-                self.stats.lost_events = max(read_lost_events(self.instance),
-                                             self._parser.lost_events)
+                # The stats and trace_pipe's inline "[LOST n EVENTS]" count the same overruns.
+                lost_entries = max(read_lost_entries(self.instance), self._parser.lost_events)
+                self.stats.lost_events = lost_checks(lost_entries, self._stackless_checks,
+                                                     self._parser.orphan_stacks)
         finally:
             self._teardown()
         self.stats.unparsed_count = self._parser.unparsed_count
@@ -275,6 +352,43 @@ class CapabilityProbe(CheckDelivery):
         self.stop()
 
     # -- internals -------------------------------------------------------------------------
+
+    def _deliver(self, checks: list[CapCheck]) -> None:
+        self._stackless_checks += sum(1 for check in checks if not check.stack)
+        super()._deliver(checks)
+
+    def _start_watchdog(self, instance: Path) -> None:
+        """A process that removes the instance once capprobe is gone, however it died.
+
+        It waits for EOF on a pipe whose write end only this process holds (close-on-exec,
+        so neither strace nor the target inherit it). It runs in a session of its own, so a
+        terminal's Ctrl-C does not end it first, and it is not a descendant of the traced
+        root, so it is never in the instance's pid set.
+        """
+        read_end, self._watchdog_pipe = os.pipe()
+        try:
+            self._watchdog = subprocess.Popen(
+                [sys.executable, "-c", "import sys; from capprobe.tracing.tracefs import "
+                 "remove_instance_at_eof; remove_instance_at_eof(sys.argv[1])", str(instance)],
+                stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                cwd="/", start_new_session=True,
+                # it imports this module wherever it came from (editable tree, vm-tests payload)
+                env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)),
+            )
+        finally:
+            os.close(read_end)
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog_pipe is not None:
+            os.close(self._watchdog_pipe)  # EOF: the watchdog finds no instance and exits
+            self._watchdog_pipe = None
+        if self._watchdog is not None:
+            try:
+                self._watchdog.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._watchdog.kill()
+                self._watchdog.wait()
+            self._watchdog = None
 
     def _read_loop(self) -> None:
         try:
@@ -325,3 +439,16 @@ class CapabilityProbe(CheckDelivery):
                 # Leave it for reclaim_stale_instances() rather than raise over the real error.
                 self.stats.instance_left_behind = str(self.instance)
             self.instance = None
+        self._stop_watchdog()
+        if self._mounted_tracefs:
+            self._mounted_tracefs = not unmount_if_unused(self._tracefs)
+
+
+def remove_instance_at_eof(instance: str) -> None:
+    """The watchdog's body: block until stdin ends (capprobe exited), then remove instance."""
+    while os.read(0, 4096):
+        pass
+    path = Path(instance)
+    if path.is_dir():
+        _write_quietly(path / EVENT / "enable", "0")
+        _remove_instance(path, timeout_s=10.0)
