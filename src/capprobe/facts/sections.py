@@ -33,6 +33,8 @@ def build_sections(c) -> dict:
             item["owners"] = sorted(rec["owners"])
         if rec.get("modes"):
             item["modes"] = sorted(rec["modes"])
+        if rec.get("write_uids"):  # null: the uid the run started as
+            item["write_uids"] = sorted(rec["write_uids"], key=lambda u: (u is not None, u or 0))
         files.append(item)
         written = [e for op, e in rec["ops"].items() if op in WRITE_OPS]
         if written and (path.startswith(b"/proc/sys/") or path.startswith(b"/sys/")):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 
-from ..facts.collector import WRITE_OPS
+from ..facts.collector import WRITE_NEED_OPS
 from ..paths import decode_path, display_path, encode_path
 from .base import Directive
 from .base import RuleContext
@@ -12,6 +14,8 @@ from .base import RuleContext
 # ops that change a directory's entries: they need the directory itself writable
 ENTRY_OPS = frozenset({"create", "delete", "rmdir", "rename_from", "rename_to", "link",
                        "symlink", "mkdir", "mknod"})
+# ... of which those where owning the file alone does not do: the directory must be the service's
+DIRECTORY_OPS = ENTRY_OPS - {"create", "mkdir"}
 API_FILESYSTEMS = (b"/proc/", b"/sys/", b"/dev/")
 MANAGED_DIRECTORIES = (
     (b"/var/lib/", "StateDirectory"),
@@ -35,11 +39,12 @@ def short_exes(entries) -> str:
 
 
 def written_files(ctx: RuleContext) -> list[tuple[bytes, dict]]:
-    """(path, file entry) for every path the service changed successfully."""
+    """(path, file entry) for every path the service changed successfully, or tested writable
+    (write_test: not written in the run, but the service stops when the test fails)."""
     def compute():
         out = []
         for f in ctx.profile["files"]:
-            if set(f["ops"]) & WRITE_OPS:
+            if set(f["ops"]) & WRITE_NEED_OPS:
                 out.append((decode_path(f["path"]), f))
         return out
     return ctx.memo("written_files", compute)
@@ -62,9 +67,18 @@ def managed_directory(path: bytes, ops) -> tuple[str, bytes] | None:
         if path.startswith(prefix):
             rel = path[len(prefix):]
             name = rel.split(b"/", 1)[0]
-            if name and name not in (b".", b"..") and (b"/" in rel or {"mkdir", "rmdir"} & set(ops)):
+            if name and name not in (b".", b"..") and (b"/" in rel or {"mkdir", "rmdir", "write_test"} & set(ops)):
                 return directive, name
     return None
+
+
+def managed_root(path: bytes, ops) -> bytes | None:
+    """b'/run/nginx' for b'/run/nginx/nginx.pid': the directory systemd would manage."""
+    m = managed_directory(path, ops)
+    if m is None:
+        return None
+    prefix = next(p for p, directive in MANAGED_DIRECTORIES if directive == m[0])
+    return prefix + m[1]
 
 
 def under(path: bytes, prefixes) -> bool:
@@ -112,43 +126,6 @@ def kernel_required_capabilities(ctx: RuleContext) -> list[str]:
     return list(ctx.profile.get("capabilities", {}).get("required", []))
 
 
-def ownership_alternative(ctx: RuleContext) -> tuple[list[str], list[bytes]]:
-    """(capabilities to drop, paths to chown) when file-permission capabilities were needed
-    only on a few paths: giving those paths to the service user beats the privilege."""
-    def compute():
-        kind, _ = identity_choice(ctx)
-        if kind != "user":
-            return [], []
-        caps = [c for c in kernel_required_capabilities(ctx) if c in OWNERSHIP_CAPS]
-        if not caps:
-            return [], []
-        ops_by_path = {f["path"]: set(f["ops"]) | {x["op"] for x in f.get("failed", [])}
-                       for f in ctx.profile["files"]}
-        paths: set[bytes] = set()
-        for u in ctx.profile["capabilities"].get("uses", []):
-            if u["status"] == "required" and u["capability"] in caps:
-                if not u.get("targets"):
-                    return [], []  # a use we cannot pin to a path: keep the capability
-                for t in u["targets"]:
-                    if "chown" in ops_by_path.get(t, set()):
-                        # the service gave the file away itself (a restore): owning it
-                        # afterwards is the job, the privilege cannot be traded for ownership
-                        return [], []
-                    raw = decode_path(t)
-                    # creating an entry needs the directory; the file may not exist yet
-                    paths.add(os.path.dirname(raw) if ops_by_path.get(t, set()) & ENTRY_OPS else raw)
-        if not paths or len(paths) > OWNERSHIP_MAX_PATHS:
-            return [], []
-        return caps, sorted(paths)
-    return ctx.memo("ownership", compute)
-
-
-def required_capabilities(ctx: RuleContext) -> list[str]:
-    """The kernel's required set, less what the setup script makes unnecessary."""
-    dropped, _ = ownership_alternative(ctx)
-    return [c for c in kernel_required_capabilities(ctx) if c not in dropped]
-
-
 def runs_as_root(ctx: RuleContext) -> bool:
     """Whether the unit starts the service as root (no User=, no DynamicUser=)."""
     return ctx.memo("runs_as_root", lambda: identity_choice(ctx)[0] == "root")
@@ -174,14 +151,61 @@ def identity_choice(ctx: RuleContext) -> tuple[str, str]:
             path, why = private
             return "root", (f"it opens {show(path)} ({why}), which an unprivileged user could not; "
                             "pass --user NAME (and --setup) to give such files to the service user")
-        outside = [p for p, f in written_files(ctx) if managed_directory(p, f["ops"]) is None
-                   and not under(p, API_FILESYSTEMS) and not (under(p, TMP_DIRS) and p in created_paths(ctx))]
+        owner = _sole_owner(ctx)
+        if owner is not None:
+            paths = list(_owners_of_needs(ctx))
+            return "user", (f"{show(paths[0])}{' and more' if len(paths) > 1 else ''} belongs to {_user_name(owner)}, "
+                            "who must be able to write it (systemd would not create it for a dynamic user)")
+        outside = [p for p, f in _needs_outside_tmp(ctx) if managed_directory(p, f["ops"]) is None]
         if outside:
-            return "root", ("it writes outside systemd-managed directories "
+            return "root", ("it writes (or tests writable) outside systemd-managed directories "
                             f"({show(outside[0])}{' and more' if len(outside) > 1 else ''}); "
                             "pass --user NAME (and run the setup script) or --dynamic-user")
         return "dynamic", "it keeps no state outside systemd-managed directories"
     return ctx.memo("identity", compute)
+
+
+def _needs_outside_tmp(ctx: RuleContext) -> list[tuple[bytes, dict]]:
+    """Written or tested paths, less the kernel's and those any user may write (/tmp itself,
+    what the service created under it)."""
+    created = created_paths(ctx)
+    return [(p, f) for p, f in written_files(ctx) if not under(p, API_FILESYSTEMS)
+            and not (under(p, TMP_DIRS) and (p in created or p in (b"/tmp", b"/var/tmp")))]
+
+
+def _sole_owner(ctx: RuleContext) -> int | None:
+    """The one user, not root, who owns everything of _owners_of_needs, or None."""
+    owners = set(_owners_of_needs(ctx).values())
+    return owners.pop() if len(owners) == 1 and not owners & {None, 0} else None
+
+
+def _owners_of_needs(ctx: RuleContext) -> dict[bytes, int | None]:
+    """{path: owner uid} for what the service wrote or tested that systemd would not create for a
+    dynamic user: paths outside its managed directories (None: owner unknown), and managed
+    directories that already belong to a user (Debian's /var/lib/NAME, owned by NAME).
+    The owner is of the path, or of its directory when entries change there."""
+    def compute():
+        stats = recorded_stats(ctx)
+        owners: dict[bytes, int | None] = {}
+        for p, f in _needs_outside_tmp(ctx):
+            ops = set(f["ops"]) & WRITE_NEED_OPS
+            root = managed_root(p, ops)
+            if root is not None:
+                uid = stats.get(root, {}).get("uid")
+                if uid not in (None, 0):
+                    owners[root] = uid
+                continue
+            target = os.path.dirname(p) if ops & ENTRY_OPS else p
+            owners[p] = stats.get(target, {}).get("uid")
+        return owners
+    return ctx.memo("owners_of_needs", compute)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def toggle_unless_seen(ctx, key: str, kinds: tuple[str, ...], on_reason: str, paths: tuple[bytes, ...] = ()):
@@ -195,3 +219,59 @@ def toggle_unless_seen(ctx, key: str, kinds: tuple[str, ...], on_reason: str, pa
         yield Directive(key, ("no",), f"used {show(decode_path(touched[0]['path']))} by {short_exes(touched[0]['ops'].values() or [{}])}")
     else:
         yield Directive(key, ("yes",), on_reason)
+
+
+def recorded_stats(ctx: RuleContext) -> dict[bytes, dict]:
+    """Path -> its stat at the end of the trace (the directories of renames and deletes too)."""
+    def compute():
+        stats: dict[bytes, dict] = {}
+        for e in ctx.profile["files"]:
+            if e.get("dir_stat"):
+                stats.setdefault(os.path.dirname(decode_path(e["path"])), e["dir_stat"])
+        for e in ctx.profile["files"] + ctx.profile.get("devices", []):
+            stats[decode_path(e["path"])] = e.get("stat") or {}
+        return stats
+    return ctx.memo("stats", compute)
+
+
+def primary_group(user: str) -> str | None:
+    try:
+        return grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
+    except KeyError:
+        return None
+
+
+def service_user(ctx: RuleContext) -> tuple[str, str]:
+    """(User=, Group=) of a unit with a named user: the options', else the traced user's, else
+    the one user who owns what the service wrote or tested writable."""
+    run_user = ctx.profile["run"]["user"]
+    owner = _sole_owner(ctx)
+    if ctx.options.user or run_user.get("uid") not in (None, 0) or owner is None:
+        user = ctx.options.user or run_user.get("name") or str(run_user["uid"])
+    else:  # a root profile of a service whose directories one user owns (identity_choice)
+        user = _user_name(owner)
+    return user, ctx.options.group or primary_group(user) or user
+
+
+def foreign_writer(ctx: RuleContext, entry: dict) -> int | None:
+    """The uid a root-started daemon had switched to when it wrote ENTRY (it must own what it
+    writes there, not root), or None when the unit's own identity wrote it."""
+    if identity_choice(ctx)[0] != "root":
+        return None
+    start = ctx.profile["run"].get("user", {}).get("uid", 0)
+    others = [u for u in entry.get("write_uids", []) if u not in (None, start, 0)]
+    return others[0] if others else None
+
+
+def foreign_managed_roots(ctx: RuleContext) -> set[bytes]:
+    """Directories systemd could manage (/var/lib/NAME...) that a root unit must only open: a
+    root-started daemon wrote in them as its own user, or they already belong to another user
+    (Debian's /var/lib/NAME). A *Directory= would make them root's."""
+    def compute():
+        if identity_choice(ctx)[0] != "root":
+            return set()
+        stats = recorded_stats(ctx)
+        roots = {managed_root(p, f["ops"]) for p, f in written_files(ctx)} - {None}
+        return {managed_root(p, f["ops"]) for p, f in written_files(ctx) if foreign_writer(ctx, f) is not None} \
+            - {None} | {r for r in roots if stats.get(r, {}).get("uid", 0) != 0}
+    return ctx.memo("foreign_roots", compute)

@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-import grp
-import pwd
-
 from .base import Directive, RuleContext
-from .evidence import identity_choice
+from .evidence import identity_choice, service_user
 from .registry import rule
-
-
-def primary_group(user: str) -> str | None:
-    try:
-        return grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
-    except KeyError:
-        return None
 
 
 @rule("identity")
@@ -23,8 +13,7 @@ def identity(ctx: RuleContext):
     if kind == "dynamic":
         yield Directive("DynamicUser", ("yes",), f"a fresh unprivileged user per start: {why}")
     elif kind == "user":
-        user = ctx.options.user or ctx.profile["run"]["user"].get("name") or str(ctx.profile["run"]["user"]["uid"])
-        group = ctx.options.group or primary_group(user) or user
+        user, group = service_user(ctx)
         yield Directive("User", (user.encode(),), f"not root: {why}")
         yield Directive("Group", (group.encode(),), "the service user's group")
     else:
