@@ -1,7 +1,7 @@
 """Parser unit tests on recorded strace output (strace 6.1, capprobe's flags)."""
 
 from capprobe.events.strace_line import (
-    ProcessExit, StraceLineParser, Syscall, Unparsed, annotated_device, annotated_path,
+    ProcessExit, SignalDelivery, StraceLineParser, Syscall, Unparsed, annotated_device, annotated_path,
     annotation, int_arg, split_args, string_arg, symbols, unescape,
 )
 
@@ -61,8 +61,16 @@ def test_killed_by_signal_and_signal_lines():
         "8758  1795446135.823100 [  35] +++ killed by SIGKILL +++",
         "8759  1795446135.823200 [  35] +++ killed by SIGSEGV (core dumped) +++",
     ])
-    assert events == [ProcessExit(8758, 1795446135.8231, None, "SIGKILL"),
+    assert events == [SignalDelivery(8758, 1795446135.823, "SIGTERM", 1),
+                      ProcessExit(8758, 1795446135.8231, None, "SIGKILL"),
                       ProcessExit(8759, 1795446135.8232, None, "SIGSEGV")]
+
+
+def test_signal_delivery_with_verbose_constants():
+    # -X verbose (capprobe's flags) writes the numbers with their names in comments
+    (ev,) = parse_all(["4220  1796025289.895775 [  62] --- SIGHUP {si_signo=1 /* SIGHUP */, "
+                       "si_code=0 /* SI_USER */, si_pid=4215, si_uid=0} ---"])
+    assert ev == SignalDelivery(4220, 1796025289.895775, "SIGHUP", 4215)
 
 
 def test_hostile_file_name_survives_escaping_exactly():
@@ -110,3 +118,8 @@ def test_whole_recorded_shell_session_parses_without_unreadable_lines():
     assert not [e for e in events if isinstance(e, Unparsed)]
     assert sum(isinstance(e, ProcessExit) for e in events) >= 8
     assert any(isinstance(e, Syscall) and e.name == "renameat2" for e in events)
+
+
+def test_thread_exit_padded_with_two_spaces_is_a_syscall():
+    (ev,) = parse_all(["4321  1795445073.9 [ 60] exit(0)  = ?"])
+    assert isinstance(ev, Syscall) and ev.name == "exit" and ev.args == "0" and ev.ret is None

@@ -31,12 +31,19 @@ def decode_path(stored: str) -> bytes:
     """The exact bytes of a path stored with encode_path()."""
     if stored.startswith(B64_PREFIX):
         return base64.b64decode(stored[len(B64_PREFIX):], validate=True)
-    return stored.encode("utf-8")
+    # surrogateescape: profiles written before arguments were encoded hold os.fsdecode()
+    # text ("\udcff" for byte 0xff); those surrogates are the original bytes.
+    return stored.encode("utf-8", "surrogateescape")
 
 
 def display_path(stored: str) -> str:
     """A one-line printable form for humans (control and non-UTF-8 bytes escaped)."""
-    text = decode_path(stored).decode("utf-8", "backslashreplace")
+    return printable(decode_path(stored).decode("utf-8", "backslashreplace"))
+
+
+def printable(text: str) -> str:
+    """TEXT made safe for a terminal and one line: control characters (escape sequences,
+    line breaks), bidi overrides such as U+202E and other invisible ones are escaped."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 

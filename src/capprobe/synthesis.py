@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 
+from .render.quoting import render_line
 from .render.unit import render_unit
 from .rules.base import Directive, RuleContext, UnitOptions
 from .rules.registry import decide
@@ -33,7 +34,7 @@ def synthesize(profile: dict, options: UnitOptions, score: bool = True) -> Synth
     directives = decide(RuleContext(profile, options))
     unit = render_unit(directives, options, profile)
     baseline = render_unit(directives, options, profile, hardening=False)
-    result = SynthesisResult(unit, baseline, directives)
+    result = SynthesisResult(unit, baseline, directives, notes=_left_out(directives))
     if not score:
         return result
     if shutil.which("systemd-analyze") is None:
@@ -43,6 +44,16 @@ def synthesize(profile: dict, options: UnitOptions, score: bool = True) -> Synth
     result.baseline_exposure, _ = exposure_of(baseline, options.name)
     result.verify_messages = verify_unit(unit, options.name)
     return result
+
+
+def _left_out(directives: list[Directive]) -> list[str]:
+    """One note per directive the unit could not carry (render_unit left a comment instead)."""
+    notes = []
+    for d in directives:
+        if d.values and render_line(d.key, d.values) is None:
+            hint = "; give the command with --exec" if d.key == "ExecStart" else ""
+            notes.append(f"{d.key}= left out of the unit: a value cannot be written in unit syntax{hint}")
+    return notes
 
 
 def _with_unit_file(text: str, name: str, fn):

@@ -26,15 +26,17 @@ from dataclasses import dataclass
 from capprobe.events.tracefs_records import MAX_UNPARSED_EXAMPLES, CapCheck, frame_function
 
 _HEADER = re.compile(
-    r"^CAPCHECK (?P<ns>\d+) (?P<cpu>\d+) (?P<pid>\d+) (?P<tid>\d+) (?P<cap>-?\d+) (?P<ret>-?\d+)"
+    r"^CAPCHECK (?P<ns>\d{1,20}) (?P<cpu>\d{1,6}) (?P<pid>\d{1,10}) (?P<tid>\d{1,10}) (?P<cap>-?\d{1,10})"
+    r" (?P<ret>-?\d{1,10})"
     r"(?: (?P<comm>.*))?$"
 )
 _END = "CAPEND"
-_BEGIN = re.compile(r"^CAPPROBE BEGIN (?P<ns>\d+)\s*$")
-_MARK = re.compile(r"^CAPPROBE MARK (?P<ns>\d+) (?P<tid>\d+)\s*$")
-_SENT = re.compile(r"^@sent: (?P<n>\d+)\s*$")
+# Numbers are bounded in every pattern: a forged 5,000-digit number would make int() raise.
+_BEGIN = re.compile(r"^CAPPROBE BEGIN (?P<ns>\d{1,20})\s*$")
+_MARK = re.compile(r"^CAPPROBE MARK (?P<ns>\d{1,20}) (?P<tid>\d{1,10})\s*$")
+_SENT = re.compile(r"^@sent: (?P<n>\d{1,20})\s*$")
 _OTHER_MAP = re.compile(r"^@\w+(?:\[.*\])?: ")
-_LOST = re.compile(r"^Lost (?P<n>\d+) events\s*$")
+_LOST = re.compile(r"^Lost (?P<n>\d{1,20}) events\s*$")
 # Frames: "        __inet_bind+490", maybe "func+0x1a/0x40" or "func+12 [module]"; bpftrace
 # prints a bare hex address when it cannot resolve one.
 _FRAME = re.compile(r"^\s+(?P<frame>\S+)")
@@ -88,7 +90,16 @@ class BpftraceCapParser:
         return None
 
     def feed(self, line: str) -> list[CapCheck]:
-        """Consume one output line; return the check it completed (if any)."""
+        """Consume one output line; return the check it completed (if any).
+
+        Never raises: a line nothing can read is counted as unparsed."""
+        try:
+            return self._feed(line)
+        except Exception:  # noqa: BLE001 - e.g. a 5,000-digit number: int() refuses it
+            self._note_unparsed(line)
+            return []
+
+    def _feed(self, line: str) -> list[CapCheck]:
         line = line.rstrip("\r\n")
         if self._open is not None:
             if line == _END:
@@ -104,7 +115,7 @@ class BpftraceCapParser:
             # record, but keep the check rather than drop it) and this line is new.
             done, self._open = self._open, None
             self.truncated_records += 1
-            return [done.freeze(), *self.feed(line)]
+            return [done.freeze(), *self._feed(line)]
 
         if not line.strip() or line.startswith(_NOISE):
             return []
@@ -149,7 +160,7 @@ class BpftraceCapParser:
     def _note_unparsed(self, line: str) -> None:
         self.unparsed_count += 1
         if len(self.unparsed_examples) < MAX_UNPARSED_EXAMPLES:
-            self.unparsed_examples.append(line)
+            self.unparsed_examples.append(line[:1000])
 
 
 def parse_lines(lines) -> tuple[list[CapCheck], BpftraceCapParser]:

@@ -1,6 +1,6 @@
 """Parse strace output lines into events (pure functions, no I/O).
 
-Expected strace flags: ``-f -q -ttt -n -yy -X verbose -s 4096 -e signal=none``.
+Expected strace flags: ``-f -q -ttt -n -yy -X verbose -s 4096 -e signal=SIGHUP,SIGUSR1,SIGUSR2``.
 A line looks like::
 
     2881  1795445073.887792 [  83] mkdir("d", 0777) = 0
@@ -18,9 +18,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_HEAD = re.compile(r"(\d+)\s+(\d+\.\d+)\s+(?:\[\s*(\d+)\]\s+)?")
+# Numbers are bounded: a forged 5,000-digit pid would make int() raise, so it stays Unparsed.
+_HEAD = re.compile(r"(\d{1,10})\s+(\d{1,12}\.\d{1,9})\s+(?:\[\s*(\d+)\]\s+)?")
 # The common line in one match: pid, time, syscall number, name and "(".
-_CALL = re.compile(r"(\d+)\s+(\d+\.\d+)\s+(?:\[\s*\d+\]\s+)?([a-z_0-9]+)\(")
+_CALL = re.compile(r"(\d{1,10})\s+(\d{1,12}\.\d{1,9})\s+(?:\[\s*\d+\]\s+)?([a-z_0-9]+)\(")
 _RESUMED = re.compile(r"<\.\.\. ([a-z_0-9]+) resumed>")
 # Tokens that matter when looking for the ")" closing the argument list: quoted
 # strings and -yy annotations are skipped whole (they may hold parentheses).
@@ -29,14 +30,18 @@ _RESUMED = re.compile(r"<\.\.\. ([a-z_0-9]+) resumed>")
 _ARG_TOKEN = re.compile(
     r'"(?:[^"\\]|\\.)*"|(?<=[\d/])<(?:->|[^<>\\]|\\.|<[^<>]*>)*>|[()]'
 )
+# strace pads some results to a column ("exit(0)  = ?" from a thread): any run of spaces.
 _RESULT = re.compile(
-    r" = (?P<ret>-?\d+|0x[0-9a-fA-F]+|\?)"
+    r" += (?P<ret>-?\d{1,20}(?!\d)|0x[0-9a-fA-F]{1,16}(?![0-9a-fA-F])|\?)"
     r"(?P<annot><(?:->|[^<>\\]|\\.|<[^<>]*>)*>)?"
     r"(?: (?P<errno>E[A-Z0-9]+) \()?"
 )
 _EXITED = re.compile(r"\+\+\+ exited with (\d+) \+\+\+")
 _KILLED = re.compile(r"\+\+\+ killed by (SIG[A-Z0-9]+)( \(core dumped\))? \+\+\+")
 _UNFINISHED = " <unfinished ...>"
+# "--- SIGHUP {si_signo=1 /* SIGHUP */, si_code=0 /* SI_USER */, si_pid=4242, si_uid=0} ---"
+# (-X verbose; "si_signo=SIGHUP, si_code=SI_USER" without it)
+_SIGNAL = re.compile(r"--- (SIG[A-Z0-9]+) \{si_signo=[^,]*, si_code=[^,]*(?:, si_pid=(\d{1,10}))?")
 
 
 @dataclass(slots=True)
@@ -63,13 +68,23 @@ class ProcessExit:
 
 
 @dataclass(slots=True)
+class SignalDelivery:
+    """A signal delivered to a traced process ("--- SIGHUP {...} ---"): a reload, a log reopen."""
+
+    pid: int
+    ts: float
+    signal: str
+    sender: int | None  # si_pid: the process that sent it (None for a kernel-sent signal)
+
+
+@dataclass(slots=True)
 class Unparsed:
     """A line the parser could not read; kept so nothing is dropped silently."""
 
     line: str
 
 
-Event = Syscall | ProcessExit | Unparsed
+Event = Syscall | ProcessExit | SignalDelivery | Unparsed
 
 
 class StraceLineParser:
@@ -116,7 +131,8 @@ class StraceLineParser:
         if rest.startswith("+++"):
             return self._exit(pid, ts, rest, line)
         if rest.startswith("---"):
-            return None  # a signal delivery; -e signal=none normally hides these
+            m = _SIGNAL.match(rest)  # only the signals -e signal= names are printed
+            return SignalDelivery(pid, ts, m.group(1), int(m.group(2)) if m.group(2) else None) if m else None
         return Unparsed(line)  # not "name(" either: _CALL would have matched
 
     def _resumed(self, pid: int, ts: float, rest: str, line: str) -> Event | None:

@@ -35,17 +35,18 @@ class CapCheck:
 # last "-PID" that is followed by the CPU column. Optional parts: the "(TGID)" column
 # (options/record-tgid) and the irq-info flags column (options/irq-info).
 _ENTRY = re.compile(
-    r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+"
+    r"^\s*(?P<comm>.*?)-(?P<pid>\d{1,10})\s+"
     r"(?:\(\s*[-\d]+\)\s+)?"
-    r"\[(?P<cpu>\d+)\]\s+"
+    r"\[(?P<cpu>\d{1,6})\]\s+"
     r"(?:[^\s:]{4,6}\s+)?"
     r"(?P<ts>\d+\.\d+):\s+(?P<body>.*?)\s*$"
 )
-_CAP_CAPABLE = re.compile(r"^cap_capable:.*\bcap (?P<cap>-?\d+), ret (?P<ret>-?\d+)")
+# Numbers are bounded in every pattern: a forged 5,000-digit number would make int() raise.
+_CAP_CAPABLE = re.compile(r"^cap_capable:.*\bcap (?P<cap>-?\d{1,10}), ret (?P<ret>-?\d{1,10})")
 _STACK_HEADER = "<stack trace>"
 _STACK_FRAME = re.compile(r"^\s*=>\s*(?P<frame>\S+)")
 # trace_pipe reports ring-buffer overruns inline.
-_LOST = re.compile(r"^\s*CPU:(?P<cpu>\d+) \[LOST (?P<count>\d+) EVENTS\]\s*$")
+_LOST = re.compile(r"^\s*CPU:(?P<cpu>\d{1,6}) \[LOST (?P<count>\d{1,20}) EVENTS\]\s*$")
 
 
 def frame_function(frame: str) -> str:
@@ -83,7 +84,16 @@ class CapCheckParser:
         self._orphan_stack_open = False
 
     def feed(self, line: str) -> list[CapCheck]:
-        """Consume one line of trace/trace_pipe output; return the checks it completed."""
+        """Consume one line of trace/trace_pipe output; return the checks it completed.
+
+        Never raises: a line nothing can read is counted as unparsed."""
+        try:
+            return self._feed(line)
+        except Exception:  # noqa: BLE001 - e.g. a 5,000-digit pid: int() refuses it
+            self._note_unparsed(line)
+            return []
+
+    def _feed(self, line: str) -> list[CapCheck]:
         line = line.rstrip("\n")
         frame_match = _STACK_FRAME.match(line)
         if frame_match:
@@ -152,7 +162,7 @@ class CapCheckParser:
     def _note_unparsed(self, line: str) -> None:
         self.unparsed_count += 1
         if len(self.unparsed_examples) < MAX_UNPARSED_EXAMPLES:
-            self.unparsed_examples.append(line)
+            self.unparsed_examples.append(line[:1000])
 
 
 def parse_lines(lines) -> tuple[list[CapCheck], CapCheckParser]:

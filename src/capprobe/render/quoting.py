@@ -391,10 +391,16 @@ def _render_exec_command(key: str, argv: tuple) -> str | None:
 
 
 def _render_environment_assignment(raw: bytes) -> str | None:
-    # config_parse_environ: UNQUOTE|CUNESCAPE, then unit_env_printf, then
-    # env_assignment_is_valid() (name rules, UTF-8 value) - no $ expansion.
+    # config_parse_environ: UNQUOTE|CUNESCAPE, then unit_env_printf ("%%" is one
+    # "%"), then env_assignment_is_valid() (name rules, UTF-8 value); "$" stays
+    # literal here (only Exec*= arguments expand it).  systemd 252 would also
+    # take a control character back from its C escape (measured: "\n" becomes
+    # a newline), but such a value is refused: in the unit it is an escape a
+    # reviewer reads past, and in the service's environment a line break
+    # splits the NAME=value lines that `systemctl show`, EnvironmentFile= and
+    # `env` dumps are read back as.  The caller leaves it out and says so.
     text = _decode_utf8(raw)
-    if text is None or "=" not in text or "\0" in text:
+    if text is None or "=" not in text or any(_is_control(c) for c in text):
         return None
     name, _, _value = text.partition("=")
     if not _ENV_NAME.match(name):

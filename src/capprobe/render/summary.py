@@ -3,9 +3,96 @@
 from __future__ import annotations
 
 from ..facts.collector import WRITE_OPS
-from ..paths import display_path
+from ..paths import display_path, printable
 
 MAX_ROWS = 40
+
+
+def command_line(run: dict) -> str:
+    """The traced command for humans: each argument decoded and escaped."""
+    return " ".join(display_path(arg) for arg in run["command"])
+
+
+def target_failure(run: dict) -> str | None:
+    """Why the traced run is not a good run of the service, or None.
+
+    A target that failed, was killed by a signal nobody sent it, or stopped before the
+    --duration it was given has shown only part of its work: a unit made from that
+    profile may be missing what the rest would have used."""
+    if run.get("ended_by", "exit") != "exit":
+        return None  # stopped on request (--duration, or the operator's SIGINT/SIGTERM)
+    if run.get("exit_signal"):
+        return f"the target was killed by {run['exit_signal']}"
+    status = run.get("exit_status")
+    if status not in (0, None):
+        return f"the target failed: exit status {status}"
+    wanted = run.get("requested_duration")
+    if wanted is not None and run.get("duration", 0) < wanted:
+        return (f"the target stopped on its own after {run.get('duration', 0):.1f} s, "
+                f"before --duration {wanted:g} s ended")
+    return None
+
+
+def profile_warnings(profile: dict) -> list[str]:
+    """What makes a unit from PROFILE unproven: a failed target, an incomplete profile."""
+    out = []
+    failure = target_failure(profile["run"])
+    if failure:
+        out.append(f"WARNING: {failure}; this profile shows a failed or partial run, and a unit made "
+                   "from it may not be what the service needs")
+    if profile.get("complete") is False:
+        reasons = profile.get("incomplete") or ["no reason recorded"]
+        out.append("WARNING: the profile is incomplete, so the unit is not proven minimal or sufficient:")
+        out.extend(f"  - {reason}" for reason in reasons)
+    return out
+
+
+RELOAD_SIGNALS = ("SIGHUP",)
+REOPEN_SIGNALS = ("SIGHUP", "SIGUSR1", "SIGUSR2")  # what logrotate's postrotate usually sends
+
+
+def service_paths(profile: dict) -> list[str]:
+    """What a bare run shows of the paths a package's unit exercises: reload, log rotation, shutdown.
+
+    Each line says whether the run saw it, and how to make the next run see it."""
+    run = profile["run"]
+    main = run.get("main_pid")
+    received = run.get("signals_received", [])
+    to_main = [s for s in received if s["pid"] == main]
+    reload = [s for s in to_main if s["signal"] in RELOAD_SIGNALS]
+    lines = []
+    if reload:
+        lines.append(f"reload: seen (SIGHUP to the main process, x{len(reload)}, from pid "
+                     f"{reload[0].get('from_pid')})")
+    else:
+        lines.append("reload: not exercised (--exercise 'kill -HUP $MAINPID', or the program's own reload "
+                     "command, shows what a reload needs)")
+    reopened = [f["path"] for f in profile["files"] if f["ops"].get("create", {}).get("count", 0) > 1]
+    reopen_signals = sorted({s["signal"] for s in received if s["signal"] in REOPEN_SIGNALS})
+    if reopen_signals and reopened:
+        lines.append(f"log rotation: seen ({'/'.join(reopen_signals)} received; reopened for writing: "
+                     f"{', '.join(display_path(p) for p in reopened[:3])})")
+    else:
+        lines.append("log rotation: not exercised (rotate the log and send the signal the package's logrotate "
+                     "configuration sends, e.g. --exercise 'mv LOG LOG.1 && kill -USR1 $MAINPID')")
+    ended_by = run.get("ended_by", "exit")
+    if ended_by == "exit":
+        lines.append("shutdown: not exercised (the target ended on its own; --duration stops it the way "
+                     "systemd does)")
+    elif run.get("exit_signal") == "SIGKILL":
+        lines.append(f"shutdown: seen, but the target did not stop within the grace period after {ended_by} "
+                     "and was killed")
+    elif run.get("exit_signal") == "SIGTERM":
+        lines.append(f"shutdown: seen (it died of SIGTERM on {ended_by}, having no handler: systemd counts "
+                     "that as a clean stop)")
+    else:
+        lines.append(f"shutdown: seen (SIGTERM on {ended_by}: it exited with status {run.get('exit_status')})")
+    for exercise in run.get("exercises", []):
+        if exercise.get("exit") not in (0, None):
+            lines.append(f"WARNING: --exercise {exercise['command']!r} failed (exit {exercise['exit']})")
+        elif exercise.get("at") is None:
+            lines.append(f"WARNING: --exercise {exercise['command']!r} never ran: the target ended first")
+    return lines
 
 
 def _by(entry: dict) -> str:
@@ -20,7 +107,7 @@ def one_paragraph(profile: dict, where: str) -> str:
     written = sum(1 for f in files if set(f["ops"]) & WRITE_OPS)
     net = profile["network"]
     families = sorted({s["family"] for s in net["sockets"]})
-    lines = [
+    lines = [f"capprobe: {w}" for w in profile_warnings(profile)] + [
         f"capprobe: profile written to {where}",
         f"  {len(profile['processes'])} processes, {len(profile['syscalls'])} distinct syscalls, "
         f"{len(files)} paths ({written} written), socket families: {' '.join(families) or 'none'}",
@@ -34,19 +121,21 @@ def one_paragraph(profile: dict, where: str) -> str:
         lines.append(f"  {parser['unparsed']} trace lines not understood (examples in the profile)")
     lines.append(f"  target exit status {run['exit_status']} (ended by {run['ended_by']}), "
                  f"{run['duration']:.1f} s")
-    return "\n".join(lines)
+    lines += [f"  {line}" for line in service_paths(profile)]
+    return "\n".join(printable(line) for line in lines)
 
 
 def render_summary(profile: dict) -> str:
     """The whole profile, grouped and sorted, counts included."""
-    out: list[str] = []
     host, run = profile["host"], profile["run"]
-    out.append(f"Profile of: {' '.join(run['command'])}")
+    out: list[str] = profile_warnings(profile)
+    out.append(f"Profile of: {command_line(run)}")
     out.append(f"  host {host.get('hostname')} · {host.get('distribution')} · kernel {host.get('kernel')} "
                f"· {host.get('strace')} · capprobe {host.get('capprobe')}")
     user = run.get("user", {})
     out.append(f"  as {user.get('name') or user.get('uid')} · {run['duration']:.1f} s · "
                f"exit {run['exit_status']} · ended by {run['ended_by']}")
+    out += [f"  {line}" for line in service_paths(profile)]
 
     caps = profile.get("capabilities")
     if caps is not None:
@@ -70,7 +159,7 @@ def render_summary(profile: dict) -> str:
                 if rec.get("alternatives") else ""
             out.append(f"  {rec['capability']:<22} {rec['status']:<10} x{rec['count']:<5} "
                        f"{rec.get('reason', '')}{target}{alt} [{(rec.get('exe') or '?').rsplit('/', 1)[-1]}]")
-        for (cap, site), rec in sorted(grouped.items()):
+        for (cap, site), rec in sorted(grouped.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
             out.append(f"  {cap:<22} {'not required':<10} x{rec['count']:<5} {rec.get('reason', '')} "
                        f"({rec.get('why_not_required', site)})")
 
@@ -135,4 +224,4 @@ def render_summary(profile: dict) -> str:
     out.append("  " + ", ".join(f"{name} {v['count']}" for name, v in top[:MAX_ROWS]))
     parser = profile["parser"]
     out.append(f"Trace lines: {parser['lines']}, not understood: {parser['unparsed']}")
-    return "\n".join(out)
+    return "\n".join(printable(line) for line in out)
