@@ -4,11 +4,14 @@ The recordings were captured on Debian 12 / kernel 6.18 inside throwaway network
 namespaces with capprobe's strace flags; each block starts with `# cmd: ...`.
 """
 
+import ast
 import re
 import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from capprobe.facts.netlink import (
     NetlinkOp,
@@ -241,3 +244,110 @@ def test_capabilities_deduplicated_in_first_seen_order():
         ("CAP_NET_ADMIN", "add an ip rule (RTM_NEWRULE table 100)"),
         ("CAP_NET_ADMIN", "change nftables rules (NFT_MSG_NEWTABLE t1)"),
     ]
+
+
+# --- bytes decoded by pyroute2's message classes ---------------------------------
+
+def test_route_and_rule_tables_from_bytes():
+    rtmsg_main = b"\x02\x18\0\0\xfe\x00\x01\x01\0\0\0\0"  # AF_INET /24, table main in the header
+    assert decode_netlink_bytes("NETLINK_ROUTE", _nlmsg(24, rtmsg_main)) == [
+        NetlinkOp("NETLINK_ROUTE", "RTM_NEWROUTE", "table main", True)]
+    # RTA_TABLE / FRA_TABLE (ids above 255) win over the 8-bit header field.
+    big = struct.pack("=I", 1000)
+    assert [op.detail for op in decode_netlink_bytes("NETLINK_ROUTE", _nlmsg(24, rtmsg_main + _nla(15, big))
+                                                     + _nlmsg(33, rtmsg_main + _nla(15, big)))] == [
+        "table 1000", "table 1000"]
+
+
+def test_address_label_names_interface_from_bytes():
+    ifaddrmsg = b"\x02\x18\0\0\x04\0\0\0"  # AF_INET /24 on ifindex 4
+    newaddr = _nlmsg(20, ifaddrmsg + _nla(2, b"\x0a\x08\0\x01") + _nla(3, b"v0\0"))  # IFA_LOCAL, IFA_LABEL
+    assert decode_netlink_bytes("NETLINK_ROUTE", newaddr) == [NetlinkOp("NETLINK_ROUTE", "RTM_NEWADDR", "", True, "v0")]
+
+
+def test_nft_objects_and_newer_kernel_types_from_bytes():
+    nfgen = b"\x01\0\0\0"
+    rule = _nlmsg(0xA06, nfgen + _nla(1, b"t\0") + _nla(2, b"c\0"))
+    nft_set = _nlmsg(0xA09, nfgen + _nla(1, b"t\0") + _nla(2, b"s\0"))
+    destroy = _nlmsg(0xA1A, nfgen + _nla(1, b"t\0"))  # NFT_MSG_DESTROYTABLE: newer than pyroute2's table
+    ops = decode_netlink_bytes("NETLINK_NETFILTER", rule + nft_set + destroy)
+    assert [(op.op, op.detail, op.target, op.changes_state) for op in ops] == [
+        ("NFT_MSG_NEWRULE", "t", "t/c", True), ("NFT_MSG_NEWSET", "t", "t/s", True),
+        ("NFT_MSG_DESTROYTABLE", "t", "t", True)]
+
+
+def test_nfnetlink_names_come_from_pyroute2():
+    ops = decode_netlink_bytes("NETLINK_NETFILTER", b"".join(_nlmsg(t, b"\x02\0\0\0") for t in (
+        0x607, 0x609, 0x101, 0x103, 0x900)))
+    assert [(op.op, op.changes_state) for op in ops] == [
+        ("IPSET_CMD_LIST", False), ("IPSET_CMD_ADD", True),
+        ("IPCTNL_MSG_CT_GET", False), ("IPCTNL_MSG_CT_GET_CTRZERO", True),
+        ("NFNL_CTHELPER_MSG_0x0", True)]  # subsystem 9 is CTHELPER (the old hand table said NFT_COMPAT)
+    assert capabilities_implied(ops[:1]) == [("CAP_NET_ADMIN", "use ipset (IPSET_CMD_LIST)")]
+
+
+def test_rtm_names_cover_kernel_types_pyroute2_lacks():
+    # pyroute2's RTM table has no NEXTHOP/CHAIN types; the kernel's scheme names them.
+    (op,) = decode_netlink_bytes("NETLINK_ROUTE", _nlmsg(104, b"\x02\0\0\0\0\0\0\0"))
+    assert (op.op, op.changes_state) == ("RTM_NEWNEXTHOP", True)
+    assert capabilities_implied([op])[0][1].startswith("change routing nexthops")
+
+
+def test_body_pyroute2_cannot_decode_gives_op_without_details(monkeypatch):
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    def refuse(self):
+        raise ValueError("undecodable")
+
+    monkeypatch.setattr(ifinfmsg, "decode", refuse)
+    newlink = _nlmsg(16, b"\0" * 16 + _nla(3, b"d0\0") + _nla(18, _nla(1, b"dummy\0")))
+    assert decode_netlink_bytes("NETLINK_ROUTE", newlink) == [NetlinkOp("NETLINK_ROUTE", "RTM_NEWLINK", "", True)]
+
+
+def _recorded_raw_messages() -> list[tuple[str, bytes]]:
+    blobs = []
+    for line in (RECORDED / "netlink_raw.txt").read_text().splitlines():
+        match = _LINE.match(line)
+        if match and match.group(1) == "write":
+            literal = re.search(r'"((?:[^"\\]|\\.)*)"', match.group(2)).group(1)
+            blobs.append(("NETLINK_ROUTE", ast.literal_eval(f'b"{literal}"')))  # C escapes, as Python's
+    nfgen = b"\x01\0\0\0"
+    blobs.append(("NETLINK_NETFILTER", _nlmsg(0x10, b"\0\0\0\x0a", 1)
+                  + _nlmsg(0xA03, nfgen + _nla(1, b"cp\0") + _nla(3, b"in\0") + _nla(4, _nla(1, b"\0\0\0\1")))
+                  + _nlmsg(0x11, b"\0\0\0\x0a", 1)))
+    blobs.append(("NETLINK_ROUTE", _nlmsg(36, b"\0" * 20 + _nla(1, b"fq_codel\0") + _nla(2, _nla(1, b"\0" * 8)))))
+    return blobs
+
+
+RAW_SEEDS = _recorded_raw_messages()
+# Every rtnetlink and nf_tables type (so mutated bodies reach each of pyroute2's
+# classes), batch delimiters, other nfnetlink subsystems, nonsense.
+MESSAGE_TYPES = [*range(16, 124), *range(0xA00, 0xA22), 0x10, 0x11, 0x607, 0x101, 0xFFFF]
+
+
+def _assert_ops(result):
+    assert isinstance(result, list) and all(isinstance(op, NetlinkOp) for op in result)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(protocol=st.sampled_from(["NETLINK_ROUTE", "NETLINK_NETFILTER", "NETLINK_GENERIC"]), blob=st.binary(max_size=300))
+def test_random_bytes_never_raise(protocol, blob, capfd):
+    _assert_ops(decode_netlink_bytes(protocol, blob))
+    assert capfd.readouterr().err == ""
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.sampled_from(RAW_SEEDS), msg_type=st.sampled_from(MESSAGE_TYPES),
+       edits=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=8),
+       cut=st.integers(0, 400), as_route=st.booleans())
+def test_mutated_recorded_messages_never_raise(seed, msg_type, edits, cut, as_route, capfd):
+    protocol, data = seed
+    data = bytearray(data)
+    struct.pack_into("=H", data, 4, msg_type)  # first message's type: reach every pyroute2 class
+    for position, value in edits:  # lengths, attribute types, payloads
+        if position < len(data):
+            data[position] = value
+    data = bytes(data[:cut]) if cut < len(data) else bytes(data)
+    # as_route: nfnetlink bytes on a route socket too (a wrongly tracked fd).
+    _assert_ops(decode_netlink_bytes("NETLINK_ROUTE" if as_route else protocol, data))
+    assert capfd.readouterr().err == ""

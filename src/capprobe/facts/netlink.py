@@ -1,7 +1,7 @@
 """Decode the netlink messages a traced program SENDS into operations.
 
 Input is strace 6.1 text (`-X verbose -yy -s 4096`).  Measured on this host, the
-text is enough; no hex dumps (`-e write=all`) and no pyroute2 are needed:
+text is enough; no hex dumps (`-e write=all`) are needed:
 
 * For a bound socket strace decodes rtnetlink structurally and prints names
   (`IFLA_INFO_KIND */}, "veth"`, `TCA_KIND */}, "htb"`).
@@ -11,11 +11,16 @@ text is enough; no hex dumps (`-e write=all`) and no pyroute2 are needed:
 * When strace does not know the socket's protocol yet (socket not bound:
   pyroute2's sockets, nft's very first message) it prints the header with
   `NLMSG_???` and the body as a raw string; `write()` on a netlink fd is always a
-  raw string.  Those bytes are decoded here by a small attribute walker.
+  raw string.
 
-So the numeric `nlmsg_type` is authoritative (names only as a fallback), and
-details come either from strace's names or from bytes.  Nothing here raises on
-odd input: undecodable text gives [] and the caller counts it.
+Message bodies as bytes (raw strings, write(), hex dumps) are decoded by
+pyroute2's own message classes (ifinfmsg, ifaddrmsg, rtmsg, fibmsg, tcmsg,
+nft_*_msg), chosen by pyroute2's own type -> class maps; the same classes name
+nfnetlink's unnamed attributes, and pyroute2's constants name nfnetlink types.
+The numeric `nlmsg_type` is authoritative (names only as a fallback), and
+details come either from strace's names or from pyroute2.  Nothing here raises
+on odd input: a body pyroute2 cannot decode gives the op without details,
+undecodable text gives [], and the caller counts it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import fnmatch
 import functools
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 NETLINK_ROUTE = "NETLINK_ROUTE"
@@ -125,6 +131,10 @@ def netlink_protocol_from_annotation(annotation: str) -> str | None:
 # --- message type names ---------------------------------------------------------
 
 # linux/rtnetlink.h: families of four starting at RTM_BASE=16, NEW/DEL/GET/SET.
+# Kept here rather than read from pyroute2.netlink.rtnl.RTM_VALUES: that table
+# lacks kernel types probes/netlink_ops.toml names (RTM_*CHAIN, RTM_*NEXTHOP;
+# pyroute2 0.7 also VLAN, TUNNEL, NEXTHOPBUCKET) and holds pyroute2-private
+# numbers (RTM_NEWNETNS=500) that a traced program's message must not be named by.
 _RTM_FAMILIES = {
     16: "LINK", 20: "ADDR", 24: "ROUTE", 28: "NEIGH", 32: "RULE", 36: "QDISC",
     40: "TCLASS", 44: "TFILTER", 48: "ACTION", 52: "PREFIX", 56: "MULTICAST",
@@ -137,39 +147,55 @@ _RTM_VERBS = ("NEW", "DEL", "GET", "SET")
 # Odd members of the scheme: the kernel's own names differ from the pattern.
 _RTM_SPECIAL_NAMES = {62: "RTM_NEWNEIGHTBL", 64: "RTM_GETNEIGHTBL", 67: "RTM_SETNEIGHTBL"}
 
-# linux/netfilter/nf_tables.h enum nf_tables_msg_types.
-_NFT_MSG_NAMES = (
-    "NEWTABLE", "GETTABLE", "DELTABLE", "NEWCHAIN", "GETCHAIN", "DELCHAIN",
-    "NEWRULE", "GETRULE", "DELRULE", "NEWSET", "GETSET", "DELSET",
-    "NEWSETELEM", "GETSETELEM", "DELSETELEM", "NEWGEN", "GETGEN", "TRACE",
-    "NEWOBJ", "GETOBJ", "DELOBJ", "GETOBJ_RESET", "NEWFLOWTABLE",
-    "GETFLOWTABLE", "DELFLOWTABLE", "GETRULE_RESET", "DESTROYTABLE",
-    "DESTROYCHAIN", "DESTROYRULE", "DESTROYSET", "DESTROYSETELEM",
-    "DESTROYOBJ", "DESTROYFLOWTABLE", "GETSETELEM_RESET",
-)
-# linux/netfilter/nfnetlink.h subsystem ids (high byte of nlmsg_type).
-_NFNL_SUBSYS = {
-    0: "NONE", 1: "CTNETLINK", 2: "CTNETLINK_EXP", 3: "QUEUE", 4: "ULOG",
-    5: "OSF", 6: "IPSET", 7: "ACCT", 8: "CTHELPER", 9: "NFT_COMPAT",
-    10: "NFTABLES", 11: "HOOK",
+# nf_tables message types newer than pyroute2's table (0.7 and 0.9 stop at
+# DELFLOWTABLE=24): name, and the older type whose body layout they share.
+_NFT_MSG_NEWER = {
+    25: ("NFT_MSG_GETRULE_RESET", 7), 26: ("NFT_MSG_DESTROYTABLE", 2),
+    27: ("NFT_MSG_DESTROYCHAIN", 5), 28: ("NFT_MSG_DESTROYRULE", 8),
+    29: ("NFT_MSG_DESTROYSET", 11), 30: ("NFT_MSG_DESTROYSETELEM", 14),
+    31: ("NFT_MSG_DESTROYOBJ", 20), 32: ("NFT_MSG_DESTROYFLOWTABLE", 24),
+    33: ("NFT_MSG_GETSETELEM_RESET", 13),
 }
-_NFNL_SUBSYS_NFTABLES = 10
-# ctnetlink: these read only; everything else (NEW, DELETE, GET_CTRZERO) writes.
-_CTNETLINK_NAMES = {
-    0: "IPCTNL_MSG_CT_NEW", 1: "IPCTNL_MSG_CT_GET", 2: "IPCTNL_MSG_CT_DELETE",
-    3: "IPCTNL_MSG_CT_GET_CTRZERO", 4: "IPCTNL_MSG_CT_GET_STATS_CPU",
-    5: "IPCTNL_MSG_CT_GET_STATS", 6: "IPCTNL_MSG_CT_GET_DYING",
-    7: "IPCTNL_MSG_CT_GET_UNCONFIRMED",
+# nfnetlink subsystems whose message names pyroute2 has: (module, constant prefix).
+_NFNL_MESSAGE_NAMES = {
+    "NFNL_SUBSYS_NFTABLES": ("nftsocket", "NFT_MSG_"),
+    "NFNL_SUBSYS_CTNETLINK": ("nfctsocket", "IPCTNL_MSG_CT_"),
+    "NFNL_SUBSYS_IPSET": ("ipset", "IPSET_CMD_"),
 }
-_CTNETLINK_READS = {1, 4, 5, 6, 7}
 # ipset commands that only read (linux/netfilter/ipset/ip_set.h).
-_IPSET_READ_COMMANDS = {1, 7, 8, 12, 13, 14, 15}  # PROTOCOL LIST SAVE HEADER TYPE GET_BYNAME GET_BYINDEX
+_IPSET_READS = {"IPSET_CMD_PROTOCOL", "IPSET_CMD_LIST", "IPSET_CMD_SAVE", "IPSET_CMD_HEADER",
+                "IPSET_CMD_TYPE", "IPSET_CMD_GET_BYNAME", "IPSET_CMD_GET_BYINDEX"}
 
 # nlmsg_type < 16 are control messages (NOOP, ERROR, DONE, OVERRUN); the two
 # nfnetlink batch delimiters carry no operation of their own.
 _NLMSG_MIN_TYPE = 16
 _NFNL_MSG_BATCH_BEGIN = 0x10
 _NFNL_MSG_BATCH_END = 0x11
+
+
+def _int_constants(module, prefix: str) -> dict[int, str]:
+    """{value: name} of a pyroute2 module's integer constants named PREFIX*."""
+    return {value: name for name, value in vars(module).items()
+            if name.startswith(prefix) and isinstance(value, int)}
+
+
+@functools.cache
+def _nfnl_names() -> tuple[dict[int, str], dict[int, dict[int, str]]]:
+    """({subsystem: NFNL_SUBSYS_* name}, {subsystem: {message: name}}) from pyroute2."""
+    import importlib
+
+    from pyroute2.netlink import nfnetlink
+
+    # NFNL_SUBSYS_COUNT is a sentinel, and pyroute2's value is stale (the kernel's 12 is HOOK).
+    subsystems = {v: n for v, n in _int_constants(nfnetlink, "NFNL_SUBSYS_").items()
+                  if n != "NFNL_SUBSYS_COUNT"}
+    by_name = {n: v for v, n in subsystems.items()}
+    messages = {}
+    for subsys_name, (module_name, prefix) in _NFNL_MESSAGE_NAMES.items():
+        module = importlib.import_module(f"pyroute2.netlink.nfnetlink.{module_name}")
+        messages[by_name[subsys_name]] = _int_constants(module, prefix)
+    messages[by_name["NFNL_SUBSYS_NFTABLES"]].update((t, name) for t, (name, _) in _NFT_MSG_NEWER.items())
+    return subsystems, messages
 
 
 def _rtm_name(msg_type: int) -> str:
@@ -187,24 +213,32 @@ def _rtm_changes_state(msg_type: int) -> bool:
     return (msg_type & 3) != 2
 
 
+def _nfnl_reads(name: str) -> bool:
+    """Whether a named nfnetlink request only reads.
+
+    nfnetlink wants CAP_NET_ADMIN for reads too; this is only about the effect.
+    *_RESET and GET_CTRZERO read and zero counters or quotas: that is a change.
+    """
+    if name in _IPSET_READS:
+        return True
+    verb = name.removeprefix("NFT_MSG_").removeprefix("IPCTNL_MSG_CT_")
+    return verb.startswith("GET") and not verb.endswith(("_RESET", "_CTRZERO"))
+
+
 def _nfnl_name_and_state(msg_type: int) -> tuple[str, bool] | None:
     """(op name, changes_state) for an nfnetlink type; None for batch delimiters."""
     subsys, msg = msg_type >> 8, msg_type & 0xFF
     if subsys == 0:
         return None  # NFNL_MSG_BATCH_BEGIN / _END and other subsystem-less control
-    if subsys == _NFNL_SUBSYS_NFTABLES:
-        if msg < len(_NFT_MSG_NAMES):
-            name = _NFT_MSG_NAMES[msg]
-            # *_RESET reads and zeroes counters/quotas: that is a change.
-            reads = name.startswith("GET") and not name.endswith("_RESET")
-            return "NFT_MSG_" + name, not reads
-        return f"NFT_MSG_0x{msg:x}", True
-    if subsys == 1:
-        return _CTNETLINK_NAMES.get(msg, f"IPCTNL_MSG_0x{msg:x}"), msg not in _CTNETLINK_READS
-    subsys_name = _NFNL_SUBSYS.get(subsys, f"0x{subsys:x}")
-    if subsys == 6:
-        return f"NFNL_IPSET_CMD_0x{msg:x}", msg not in _IPSET_READ_COMMANDS
+    subsystems, messages = _nfnl_names()
+    name = messages.get(subsys, {}).get(msg)
+    if name is not None:
+        return name, not _nfnl_reads(name)
     # Unknown meaning: call it a change; nfnetlink wants CAP_NET_ADMIN anyway.
+    named_family = _NFNL_MESSAGE_NAMES.get(subsystems.get(subsys, ""))
+    if named_family:
+        return f"{named_family[1]}0x{msg:x}", True
+    subsys_name = subsystems.get(subsys, f"NFNL_SUBSYS_0x{subsys:x}").removeprefix("NFNL_SUBSYS_")
     return f"NFNL_{subsys_name}_MSG_0x{msg:x}", True
 
 
@@ -220,7 +254,8 @@ def _name_and_state(protocol: str, msg_type: int) -> tuple[str, bool] | None:
 def _type_number_by_name() -> dict[str, int]:
     """Reverse tables, for text printed without numbers (strace -X abbrev)."""
     names = {_rtm_name(t): t for t in range(16, 124)}
-    names.update({"NFT_MSG_" + n: (_NFNL_SUBSYS_NFTABLES << 8) | i for i, n in enumerate(_NFT_MSG_NAMES)})
+    _, messages = _nfnl_names()
+    names.update({name: (subsys << 8) | msg for subsys, table in messages.items() for msg, name in table.items()})
     names.update({"NFNL_MSG_BATCH_BEGIN": _NFNL_MSG_BATCH_BEGIN, "NFNL_MSG_BATCH_END": _NFNL_MSG_BATCH_END})
     return names
 
@@ -269,84 +304,112 @@ def _c_string(data: bytes) -> str:
     return data.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
-# --- decoding from bytes (raw strings, write(), optional hex dump) --------------
+# --- decoding whole messages with pyroute2 -------------------------------------
 
-def _walk_attributes(data: bytes) -> list[tuple[int, bytes]]:
-    """(type without NLA_F_NESTED/NET_BYTEORDER flags, payload) of each attribute."""
-    attrs, pos = [], 0
-    while pos + 4 <= len(data):
-        length, attr_type = struct.unpack_from("=HH", data, pos)
-        if length < 4:
-            break
-        attrs.append((attr_type & 0x3FFF, data[pos + 4:pos + length]))
-        pos += (length + 3) & ~3
-    return attrs
-
-
-def _first_attr(attrs: list[tuple[int, bytes]], wanted: int) -> bytes | None:
-    return next((payload for attr_type, payload in attrs if attr_type == wanted), None)
-
-
-# Fixed header sizes in front of the attributes (linux/rtnetlink.h and friends).
-_IFINFOMSG_LEN, _IFADDRMSG_LEN, _RTMSG_LEN, _FIB_RULE_HDR_LEN, _TCMSG_LEN = 16, 8, 12, 12, 20
-_NFGENMSG_LEN = 4
-_IFLA_IFNAME, _IFLA_LINKINFO, _IFLA_INFO_KIND = 3, 18, 1
-_TCA_KIND = 1
-_RTA_TABLE, _FRA_TABLE = 15, 15
+_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _RT_TABLE_NAMES = {0: "unspec", 253: "default", 254: "main", 255: "local"}
+# Where nf_tables messages keep their table, and the object (chain, set...) they name.
+_NFT_TABLE_ATTRS = ("NFTA_TABLE_NAME", "NFTA_CHAIN_TABLE", "NFTA_RULE_TABLE", "NFTA_SET_TABLE",
+                    "NFTA_SET_ELEM_LIST_TABLE", "NFTA_FLOWTABLE_TABLE")
+_NFT_OBJECT_ATTRS = ("NFTA_CHAIN_NAME", "NFTA_RULE_CHAIN", "NFTA_SET_NAME",
+                     "NFTA_SET_ELEM_LIST_SET", "NFTA_FLOWTABLE_NAME")
 
 
 def _table_detail(table: int) -> str:
     return "table " + _RT_TABLE_NAMES.get(table, str(table))
 
 
-def _rtm_details_from_body(msg_type: int, body: bytes) -> tuple[str, str]:
-    """(detail, target) of an rtnetlink message body (after the nlmsghdr)."""
-    family = msg_type & ~3
-    if family == 16 and len(body) >= _IFINFOMSG_LEN:  # LINK
-        attrs = _walk_attributes(body[_IFINFOMSG_LEN:])
-        ifname = _first_attr(attrs, _IFLA_IFNAME)
-        linkinfo = _first_attr(attrs, _IFLA_LINKINFO)
-        kind = _first_attr(_walk_attributes(linkinfo), _IFLA_INFO_KIND) if linkinfo else None
-        return (_c_string(kind) if kind else "", _c_string(ifname) if ifname else "")
-    if family in (36, 40, 44, 48) and len(body) >= _TCMSG_LEN:  # QDISC TCLASS TFILTER
-        kind = _first_attr(_walk_attributes(body[_TCMSG_LEN:]), _TCA_KIND)
-        return (_c_string(kind) if kind else "", "")
-    if family == 24 and len(body) >= _RTMSG_LEN:  # ROUTE
-        table = _first_attr(_walk_attributes(body[_RTMSG_LEN:]), _RTA_TABLE)
-        return _table_detail(struct.unpack("=I", table[:4])[0] if table and len(table) >= 4 else body[4]), ""
-    if family == 32 and len(body) >= _FIB_RULE_HDR_LEN:  # RULE
-        table = _first_attr(_walk_attributes(body[_FIB_RULE_HDR_LEN:]), _FRA_TABLE)
-        return _table_detail(struct.unpack("=I", table[:4])[0] if table and len(table) >= 4 else body[4]), ""
-    return "", ""
+def _text(value) -> str:
+    """An attribute pyroute2 decoded as a string (bytes when it was not UTF-8)."""
+    if isinstance(value, bytes):
+        return _c_string(value)
+    return value.split("\0", 1)[0] if isinstance(value, str) else ""
 
 
-def _nft_details_from_strings(attr_strings: dict[int, bytes], msg_type: int) -> tuple[str, str]:
-    """(table name, "table/object") from an nft message's top-level attributes.
+# What to read from each decoded message: (detail, target, ifindex).
+def _link_details(msg) -> tuple[str, str, int]:
+    linkinfo = msg.get_attr("IFLA_LINKINFO")
+    kind = linkinfo.get_attr("IFLA_INFO_KIND") if linkinfo is not None else None
+    return _text(kind), _text(msg.get_attr("IFLA_IFNAME")), msg["index"]
 
-    Every nft object message carries its table as attribute 1 (NFTA_*_TABLE /
-    NFTA_TABLE_NAME); the object's own name is attribute 3 for chains
-    (NFTA_CHAIN_NAME) and attribute 2 for rules (NFTA_RULE_CHAIN), sets, objects
-    and flowtables.
+
+def _address_details(msg) -> tuple[str, str, int]:
+    return "", _text(msg.get_attr("IFA_LABEL")), 0
+
+
+def _traffic_control_details(msg) -> tuple[str, str, int]:
+    return _text(msg.get_attr("TCA_KIND")), "", 0
+
+
+def _routing_table_details(table_attr: str, msg) -> tuple[str, str, int]:
+    # RTA_TABLE/FRA_TABLE (ids > 255) win over the 8-bit header field.
+    table = msg.get_attr(table_attr)
+    return _table_detail(table if isinstance(table, int) else msg["table"]), "", 0
+
+
+def _nft_message_details(msg) -> tuple[str, str, int]:
+    return *_nft_details(lambda name: _text(msg.get_attr(name))), 0
+
+
+@functools.cache
+def _decoders() -> dict[tuple[str, int], tuple[type, Callable]]:
+    """(protocol, nlmsg_type) -> (pyroute2 class that decodes it, what to read from it).
+
+    The classes come from pyroute2's own type -> class maps; types whose class
+    holds nothing an op reports are left out (and not decoded at all).
     """
-    if msg_type >> 8 != _NFNL_SUBSYS_NFTABLES:
-        return "", ""
-    table = _c_string(attr_strings[1]) if 1 in attr_strings else ""
-    msg = msg_type & 0xFF
-    name_attr = 3 if msg in (3, 4, 5, 27) else 2
-    is_table_msg = msg in (0, 1, 2, 26)
-    name = "" if is_table_msg or name_attr not in attr_strings else _c_string(attr_strings[name_attr])
+    from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES, nftsocket
+    from pyroute2.netlink.rtnl.fibmsg import fibmsg
+    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+    from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+    from pyroute2.netlink.rtnl.tcmsg import tcmsg
+
+    readers = {ifinfmsg: _link_details, ifaddrmsg: _address_details, tcmsg: _traffic_control_details,
+               rtmsg: functools.partial(_routing_table_details, "RTA_TABLE"),
+               fibmsg: functools.partial(_routing_table_details, "FRA_TABLE")}
+    decoders = {(NETLINK_ROUTE, t): (cls, readers[cls]) for t, cls in MarshalRtnl.msg_map.items() if cls in readers}
+    # pyroute2 0.9 keeps the nftables policy on the asyncio socket, 0.7 on NFTSocket.
+    nft_policy = getattr(nftsocket, "AsyncNFTSocket", nftsocket.NFTSocket).policy
+    nft_policy = {**nft_policy, **{t: nft_policy[older] for t, (_, older) in _NFT_MSG_NEWER.items()
+                                   if older in nft_policy}}
+    decoders.update(((NETLINK_NETFILTER, (NFNL_SUBSYS_NFTABLES << 8) | t), (cls, _nft_message_details))
+                    for t, cls in nft_policy.items())
+    return decoders
+
+
+@functools.cache
+def _attribute_numbers(cls: type) -> dict[str, int]:
+    """{attribute name: number} from a pyroute2 class's nla_map declaration
+    (pairs are numbered by position, triples carry their number)."""
+    return {entry[-2]: entry[0] if len(entry) == 3 else number for number, entry in enumerate(cls.nla_map)}
+
+
+def _nft_details(attribute: Callable[[str], str]) -> tuple[str, str]:
+    """(table name, "table/object") of an nf_tables message; attribute(name) -> its text or ""."""
+    def first(names: tuple[str, ...]) -> str:
+        return next((text for name in names if (text := attribute(name))), "")
+
+    table, name = first(_NFT_TABLE_ATTRS), first(_NFT_OBJECT_ATTRS)
     return table, f"{table}/{name}" if name else table
 
 
-def _details_from_body(protocol: str, msg_type: int, body: bytes) -> tuple[str, str]:
-    if protocol == NETLINK_ROUTE:
-        return _rtm_details_from_body(msg_type, body)
-    attrs = _walk_attributes(body[_NFGENMSG_LEN:])
-    first_of_each: dict[int, bytes] = {}
-    for attr_type, payload in attrs:
-        first_of_each.setdefault(attr_type, payload)
-    return _nft_details_from_strings(first_of_each, msg_type)
+def _details_from_message(protocol: str, msg_type: int, message: bytes) -> tuple[str, str, int]:
+    """(detail, target, ifindex) of one whole netlink message, header included.
+
+    ("", "", 0) when pyroute2 has no class for the type or cannot decode the body.
+    """
+    decoder = _decoders().get((protocol, msg_type))
+    if decoder is None:
+        return "", "", 0
+    cls, read = decoder
+    try:
+        msg = cls(message)
+        msg.decode()
+        return read(msg)
+    except Exception:  # pyroute2 raises struct.error, KeyError, its own errors... on odd bodies
+        return "", "", 0
 
 
 def _is_empty_newlink_probe(protocol: str, msg_type: int, msg_len: int, ifindex: int) -> bool:
@@ -367,22 +430,30 @@ def _make_op(protocol: str, msg_type: int, detail: str, target: str, probe: bool
     return NetlinkOp(protocol, name, detail, changes_state, target)
 
 
+def _op_from_message(protocol: str, msg_type: int, msg_len: int, message: bytes) -> NetlinkOp | None:
+    """The op of one whole message; msg_len as its header says (the bytes may be cut short)."""
+    detail, target, ifindex = _details_from_message(protocol, msg_type, message)
+    return _make_op(protocol, msg_type, detail, target,
+                    _is_empty_newlink_probe(protocol, msg_type, msg_len, ifindex))
+
+
 def decode_netlink_bytes(protocol: str, data: bytes) -> list[NetlinkOp]:
     """Operations in a buffer of whole netlink messages (write() payload, hex dump)."""
     ops, pos = [], 0
-    while pos + 16 <= len(data):
+    while pos + _NLMSGHDR.size <= len(data):
         msg_len, msg_type = struct.unpack_from("=IH", data, pos)
-        if msg_len < 16:
+        if msg_len < _NLMSGHDR.size:
             break
-        body = data[pos + 16:pos + msg_len]
-        detail, target = _details_from_body(protocol, msg_type, body)
-        ifindex = struct.unpack_from("=i", body, 4)[0] if len(body) >= 8 else 0
-        op = _make_op(protocol, msg_type, detail, target,
-                      _is_empty_newlink_probe(protocol, msg_type, msg_len, ifindex))
+        op = _op_from_message(protocol, msg_type, msg_len, data[pos:pos + msg_len])
         if op:
             ops.append(op)
         pos += (msg_len + 3) & ~3
     return ops
+
+
+def _message_bytes(msg_type: int, body: bytes) -> bytes:
+    """A whole message around a raw body strace printed after the header it decoded."""
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), msg_type, 0, 0, 0) + body
 
 
 # --- decoding from strace's structured text -------------------------------------
@@ -410,7 +481,7 @@ def _parse_type(type_text: str) -> int | None:
     if names and names.group(3):
         return _type_number_by_name().get(names.group(3))
     if names:
-        subsys = {"NFNL_SUBSYS_" + v: k for k, v in _NFNL_SUBSYS.items()}.get(names.group(1))
+        subsys = {name: number for number, name in _nfnl_names()[0].items()}.get(names.group(1))
         msg = _type_number_by_name().get(names.group(2))
         return None if subsys is None or msg is None else (subsys << 8) | (msg & 0xFF)
     return None
@@ -437,6 +508,12 @@ def _rtm_details_from_text(msg_type: int, text: str) -> tuple[str, str]:
 
 
 def _nft_details_from_text(msg_type: int, text: str) -> tuple[str, str]:
+    decoder = _decoders().get((NETLINK_NETFILTER, msg_type))
+    if decoder is None:
+        return "", ""
+    cls, _ = decoder
+    # The strings inside nested attributes match too; the first of each number
+    # wins, and nft sends table and object names before anything nested.
     first_of_each: dict[int, bytes] = {}
     for match in _NLA_STRING.finditer(text):
         type_numbers = re.findall(_NUMBER, re.sub(r"/\*.*?\*/", "", match.group("type")))
@@ -444,7 +521,8 @@ def _nft_details_from_text(msg_type: int, text: str) -> tuple[str, str]:
             continue
         attr_type = _int(type_numbers[-1]) & 0x3FFF
         first_of_each.setdefault(attr_type, _unescape_strace_string(match.group("data")))
-    return _nft_details_from_strings(first_of_each, msg_type)
+    numbers = _attribute_numbers(cls)
+    return _nft_details(lambda name: _c_string(first_of_each.get(numbers.get(name), b"")))
 
 
 def _decode_message_text(protocol: str, segment: str) -> NetlinkOp | None:
@@ -461,9 +539,8 @@ def _decode_message_text(protocol: str, segment: str) -> NetlinkOp | None:
         # strace did not know the protocol: the body is raw, decode its bytes.
         raw = _STRING_LITERAL.match(rest)
         body = _unescape_strace_string(raw.group(1)) if raw else b""
-        detail, target = _details_from_body(protocol, msg_type, body)
-        ifindex = struct.unpack_from("=i", body, 4)[0] if len(body) >= 8 else 0
-    elif protocol == NETLINK_ROUTE:
+        return _op_from_message(protocol, msg_type, msg_len, _message_bytes(msg_type, body))
+    if protocol == NETLINK_ROUTE:
         detail, target = _rtm_details_from_text(msg_type, rest)
         if not target:
             # With -yy strace resolves interface indexes: `ifi_index=4 /* if_nametoindex("v0") */`.
