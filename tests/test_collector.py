@@ -137,3 +137,47 @@ def test_docker_socket_is_flagged_root_equivalent():
     ])
     assert [(b["kind"], b["detail"], b["by"]) for b in s["behaviour"]] == [
         ("root_equivalent_socket", "/var/run/docker.sock", ["/usr/bin/agent"])]
+
+
+def test_forged_ioctl_line_is_counted_not_raised():
+    # A device annotation with no path before it (a line a target can forge into the
+    # trace): h_ioctl used to call encode_path(None) and end the session with exit 70.
+    c = FactCollector(b"/")
+    c.feed_line('60 1.0 [ 16] ioctl(3<x<char 10:200>>, TUNSETIFF, 0x1) = 0')
+    c.feed_line('60 1.1 [ 16] ioctl(3</dev/net/tun<char 10:200>>, TUNSETIFF, 0x1) = 0')
+    s = c.sections()
+    assert c.lines == 2 and s["parser"]["unparsed"] == 0
+    assert c.ioctls and all(key[0] == "/dev/net/tun" for key in c.ioctls)
+
+
+def test_any_exception_in_a_handler_is_counted_as_unparsed(monkeypatch):
+    c = FactCollector(b"/")
+    c._handlers["ioctl"] = lambda ev, proc: None.decode()  # the class of bug, whatever the handler
+    c.feed_line('61 1.0 [ 16] ioctl(3</dev/net/tun<char 10:200>>, TUNSETIFF, 0x1) = 0')
+    assert c.unparsed == 1 and "ioctl arguments not understood" in c.unparsed_examples[0]
+
+
+def test_huge_numbers_in_a_line_are_unparsed_not_raised():
+    c = FactCollector(b"/")
+    c.feed_line("1" * 5000 + ' 1.0 [  2] open("/x", O_RDONLY) = 3')
+    c.feed_line('62 1.0 [  2] open("/x", O_RDONLY) = ' + "9" * 5000)
+    c.feed_line('62 1.0 [ 56] clone(child_stack=NULL, flags=' + "7" * 5000 + ') = 63')
+    assert c.lines == 3 and c.unparsed == 3
+
+
+def test_process_table_stays_bounded_past_the_cap():
+    # 20,000 short-lived children of one shell: memory grew ~20 KB per process without bound
+    from capprobe.facts.collector import MAX_EXITED_KEPT, MAX_PROCESSES
+    c = FactCollector(b"/")
+    c.feed_line('100 1.0 [ 59] execve("/bin/sh", ["sh"], 0x1 /* 1 vars */) = 0')
+    for child in range(1000, 21000):
+        c.feed_line(f"100 1.1 [ 56] clone(child_stack=NULL, flags=SIGCHLD) = {child}")
+        c.feed_line(f'{child} 1.2 [ 59] execve("/bin/true", ["true"], 0x1 /* 1 vars */) = 0')
+        c.feed_line(f"{child} 1.3 [231] exit_group(0) = ?")
+        c.feed_line(f"{child} 1.3 +++ exited with 0 +++")
+    assert len(c.procs) <= MAX_PROCESSES + MAX_EXITED_KEPT
+    assert sum(len(p.recent) for p in c.procs.values()) <= 64 * (MAX_EXITED_KEPT + 1)
+    s = c.sections()
+    assert len(s["processes"]) == MAX_PROCESSES
+    assert s["processes_not_listed"] == {"/bin/true": 20000 - MAX_PROCESSES + 1}
+    assert not [b for b in s["behaviour"] if b["kind"] == "read_other_process"]

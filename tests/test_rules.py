@@ -138,10 +138,16 @@ def test_bounding_set_empty_or_exactly_required_and_ambient_only_for_non_root():
 def test_dac_on_a_few_paths_becomes_ownership_not_privilege():
     caps = {"method": "tracefs", "required": ["CAP_DAC_OVERRIDE", "CAP_NET_ADMIN"], "uses": [
         {"capability": "CAP_DAC_OVERRIDE", "status": "required", "reason": "open a file that mode bits deny",
-         "targets": ["/etc/arctic/recovery.token"], "count": 1, "exe": "/x"},
+         "targets": ["/etc/svc/recovery.token"], "count": 1, "exe": "/x"},
         {"capability": "CAP_NET_ADMIN", "status": "required", "reason": "tun", "count": 1, "exe": "/x"}]}
-    got = decide(capabilities.bounding_set, profile(capabilities=caps), user="nobody")
+    written = [f("/etc/svc/recovery.token", "write")]  # in the unit's own /etc/svc: it may be given
+    got = decide(capabilities.bounding_set, profile(capabilities=caps, files=written), user="nobody")
     assert got["CapabilityBoundingSet"] == ("CAP_NET_ADMIN",)
+    # a path the allow-list keeps as it is (a system file): the capability stays
+    shadow = copy.deepcopy(caps)
+    shadow["uses"][0]["targets"] = ["/etc/shadow"]
+    assert decide(capabilities.bounding_set, profile(capabilities=shadow, files=[f("/etc/shadow", "write")]),
+                  user="nobody")["CapabilityBoundingSet"] == ("CAP_DAC_OVERRIDE", "CAP_NET_ADMIN")
     many = copy.deepcopy(caps)
     many["uses"][0]["targets"] = [f"/srv/{i}" for i in range(10)]
     assert decide(capabilities.bounding_set, profile(capabilities=many), user="nobody")["CapabilityBoundingSet"] == (
@@ -171,6 +177,22 @@ def test_nested_entries_keep_the_outermost_and_hostile_paths_widen():
                        f("/srv/ev\nil/f", "write")])
     got = decide(filesystem.read_write_paths, p)
     assert got["ReadWritePaths"] == (b"/srv",)  # the newline path widened to /srv, which holds the rest
+
+
+def test_run_is_listed_read_only_unless_written_directly():
+    """systemd 252 leaves /run writable under ProtectSystem=strict (issue 14): the unit lists it."""
+    assert decide(filesystem.read_only_paths, profile())["ReadOnlyPaths"] == (b"/run",)
+    # a runtime directory below /run is reopened by RuntimeDirectory=, /run itself stays closed
+    below = profile(files=[f("/run/svc/svc.sock", "create")])
+    assert decide(filesystem.read_write_paths, below)["RuntimeDirectory"] == (b"svc",)
+    assert decide(filesystem.read_only_paths, below)["ReadOnlyPaths"] == (b"/run",)
+    # a pid file directly in /run opens /run: then /run/systemd is what stays read-only
+    direct = profile(files=[f("/run/svc.pid", "create", "write")])
+    assert decide(filesystem.read_write_paths, direct)["ReadWritePaths"] == (b"/run",)
+    assert decide(filesystem.read_only_paths, direct)["ReadOnlyPaths"] == (b"/run/systemd",)
+    # ... unless the service writes there too, through that same entry
+    both = profile(files=[f("/run/svc.pid", "create"), f("/run/systemd/svc-extra", "create")])
+    assert decide(filesystem.read_only_paths, both) == {}
 
 
 def test_protect_home_and_private_tmp():
@@ -205,12 +227,67 @@ def test_address_families_exact_or_none_and_private_network():
     assert decide(network.private_network, profile(sockets=[sock("AF_UNIX")])) == {"PrivateNetwork": ("yes",)}
 
 
+def bind(port, kind="SOCK_DGRAM", family="AF_INET", by="/usr/bin/svc", address="0.0.0.0"):
+    return {"family": family, "type": kind, "address": address, "port": port, "errno": None,
+            **BY, "by": [by]}
+
+
 def test_socket_bind_allow_exact_ports():
-    binds = [{"family": "AF_INET", "type": "SOCK_STREAM", "address": "0.0.0.0", "port": 8080, "errno": None, **BY},
-             {"family": "AF_INET", "type": "SOCK_DGRAM", "address": "0.0.0.0", "port": 51840, "errno": None, **BY}]
+    binds = [bind(8080, "SOCK_STREAM"), bind(5353)]
     got = decide(network.socket_bind, profile(sockets=[sock("AF_INET")], binds=binds))
-    assert got == {"SocketBindAllow": [("tcp:8080",), ("udp:51840",)], "SocketBindDeny": ("any",)}
+    assert got == {"SocketBindAllow": [("tcp:8080",), ("udp:5353",)], "SocketBindDeny": ("any",)}
     assert decide(network.socket_bind, profile(sockets=[sock("AF_INET")])) == {"SocketBindDeny": ("any",)}
+
+
+def test_socket_bind_comment_says_debian_12_systemd_ignores_it():
+    p = profile(sockets=[sock("AF_INET")], binds=[bind(53)])
+    (allow,) = [d for d in network.socket_bind(RuleContext(p, UnitOptions())) if d.key == "SocketBindAllow"]
+    assert "systemd 252" in allow.comment and "BPF_FRAMEWORK" in allow.comment
+
+
+def test_resolver_source_ports_are_not_a_listening_set():
+    """udp:53 and tcp:53 (listened) stay; 36 random source ports (issue 9 #4) do not."""
+    sources = [bind(port) for port in range(1100, 65000, 1800)]  # 36 ports, most outside the range
+    binds = [bind(53), bind(53, "SOCK_STREAM"), *sources]
+    listens = [{"socket": "TCP:[0.0.0.0:53]", "errno": None, **BY}]
+    p = profile(sockets=[sock("AF_INET")], binds=binds, listens=listens)
+    got = decide(network.socket_bind, p)
+    # udp makes source binds: only tcp can be closed
+    assert got == {"SocketBindAllow": ("tcp:53",), "SocketBindDeny": ("tcp:any",)}
+    plan = network.bind_plan(binds, listens, (32768, 60999))
+    assert len(plan.ephemeral) == 36 and [b["port"] for b in plan.listening] == [53, 53]
+    assert "36 udp source binds" in plan.unrestricted_why
+
+
+def test_only_source_binds_give_no_filter_and_say_why():
+    p = profile(sockets=[sock("AF_INET")], binds=[bind(0), bind(40000), bind(40004)])
+    assert decide(network.socket_bind, p) == {}
+    comment = next(network.restrict_address_families(RuleContext(p, UnitOptions()))).comment
+    assert "no SocketBindAllow=/SocketBindDeny=: no stable listening set" in comment
+    assert "port 0" in comment
+
+
+@pytest.mark.parametrize("port_range, expected", [
+    ((32768, 60999), {}),                                       # two source ports in the range
+    ((50000, 60000), {"SocketBindAllow": [("udp:40000",), ("udp:40004",)], "SocketBindDeny": ("any",)}),
+])
+def test_ephemeral_range_comes_from_the_host_stamp(port_range, expected):
+    p = profile(sockets=[sock("AF_INET")], binds=[bind(40000), bind(40004)])
+    p["host"]["ip_local_port_range"] = list(port_range)
+    assert decide(network.socket_bind, p) == expected
+
+
+def test_one_stable_port_inside_the_range_is_a_listening_port():
+    """WireGuard listens on udp:51820, inside Linux's default 32768-60999, and binds nothing else."""
+    p = profile(sockets=[sock("AF_INET")], binds=[bind(51820)])
+    assert decide(network.socket_bind, p) == {"SocketBindAllow": ("udp:51820",), "SocketBindDeny": ("any",)}
+
+
+def test_listened_port_inside_the_ephemeral_range_is_listening():
+    binds = [bind(45000, "SOCK_STREAM"), bind(0)]
+    listens = [{"socket": "TCPv6:[[::]:45000]", "errno": None, **BY}]
+    p = profile(sockets=[sock("AF_INET")], binds=binds, listens=listens)
+    assert decide(network.socket_bind, p) == {"SocketBindAllow": ("tcp:45000",), "SocketBindDeny": ("tcp:any",)}
 
 
 def test_ip_address_filter_loopback_only_or_open():
@@ -280,3 +357,55 @@ def test_no_ownership_trade_when_the_service_chowned_the_files_itself():
     p = profile(capabilities=caps, files=[f("/srv/restore/key", "create", "write", "chown", "chmod")])
     got = decide(capabilities.bounding_set, p, user="nobody")
     assert got["CapabilityBoundingSet"] == ("CAP_CHOWN", "CAP_FOWNER")
+
+
+@pytest.mark.parametrize("odd", ["/srv/two/a\tb", "/srv/two/x\u202ey", "b64:L3Nydi90d28v/3o="])
+def test_one_odd_name_widens_that_path_and_keeps_the_read_write_line(odd):
+    # A tab, a bidi control or a non-UTF-8 byte cannot be written in ReadWritePaths=: the
+    # renderer refused the whole line while ProtectSystem=strict stayed (service broken).
+    from capprobe.synthesis import synthesize
+    p = profile(files=[f("/srv/one/ok", "write"), f(odd, "write")])
+    unit = synthesize(p, UnitOptions(name="svc"), score=False).unit_text
+    assert "\nProtectSystem=strict\n" in unit
+    assert "\nReadWritePaths=/srv/one/ok /srv/two\n" in unit
+    assert "widened to /srv/two" in unit
+
+
+def test_crowded_directory_is_granted_whole_and_says_so():
+    p = profile(files=[f(f"/srv/cache/obj{i}", "write") for i in range(65)] + [f("/srv/other/db", "write")])
+    got = decide(filesystem.read_write_paths, p)
+    assert got["ReadWritePaths"] == (b"/srv/cache", b"/srv/other/db")
+    plan = filesystem.read_write_plan(RuleContext(p, UnitOptions(name="svc")))
+    assert any("granted whole" in note for note in plan[2])
+
+
+def test_at_the_bound_entries_stay_exact_and_top_level_directories_are_never_opened():
+    p = profile(files=[f(f"/srv/cache/obj{i}", "write") for i in range(64)])
+    got = decide(filesystem.read_write_paths, p)
+    assert b"/srv/cache/obj63" in got["ReadWritePaths"] and len(got["ReadWritePaths"]) == 64
+    p = profile(files=[f(f"/etc/svc{i}.conf", "write") for i in range(300)])
+    got = decide(filesystem.read_write_paths, p)
+    assert b"/etc" not in got["ReadWritePaths"] and len(got["ReadWritePaths"]) == 300
+    plan = filesystem.read_write_plan(RuleContext(p, UnitOptions(name="svc")))
+    assert any("too spread out" in note for note in plan[2])
+
+
+def test_past_the_total_bound_the_deepest_entries_move_up():
+    # 400 directories with one file each: no directory is crowded, but the list is too long
+    p = profile(files=[f(f"/srv/app/d{i}/sub/f", "write") for i in range(400)])
+    assert decide(filesystem.read_write_paths, p)["ReadWritePaths"] == (b"/srv/app",)
+
+
+def test_nesting_keeps_sibling_prefixes_apart():
+    p = profile(files=[f("/srv/a/b", "write"), f("/srv/a/b-c", "write"), f("/srv/a/b/c", "write")])
+    assert decide(filesystem.read_write_paths, p)["ReadWritePaths"] == (b"/srv/a/b", b"/srv/a/b-c")
+
+
+def test_synthesis_is_near_linear_in_written_paths():
+    # was quadratic: 8,000 paths took 7.5 s, so 20,000 took about 47 s (now about 1 s)
+    import time
+    from capprobe.synthesis import synthesize
+    p = profile(files=[f(f"/srv/d{i % 997}/s{i % 13}/f{i}", "write") for i in range(20000)])
+    start = time.monotonic()
+    synthesize(p, UnitOptions(name="svc"), score=False)
+    assert time.monotonic() - start < 20

@@ -170,7 +170,9 @@ def test_ownership_instead_of_privilege_with_a_setup_script(srv_root):
     assert d["CapabilityBoundingSet"] == [""], "the capability is replaced by ownership"
     assert "setup script" in unit.read_text()
     script = setup.read_text()
-    assert f"chown nobody:nogroup {owned}" in script
+    # the file it wrote, not the directory: a tmpfiles.d line (no chown that could follow a link)
+    assert re.search(rf"^f {owned}/recovery.token (-|0[0-7]{{3}}) nobody nogroup -$", script, re.M), script
+    assert "chown" not in script and (srv_root / "a.conf").read_text() in script
     os.unlink(owned / "recovery.token")
     # the script makes the capability unnecessary: the same write now works without any
     subprocess.run(["sh", str(setup)], check=True, env={**os.environ, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
@@ -179,3 +181,5 @@ def test_ownership_instead_of_privilege_with_a_setup_script(srv_root):
                            "--bounding-set=-all", "sh", "-c", f"echo token > {owned}/recovery.token"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    assert os.stat(owned).st_uid == 0, "the directory stays root's: the file suffices"
+    os.unlink("/etc/tmpfiles.d/a.conf")

@@ -15,15 +15,20 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..events.strace_line import (
-    ProcessExit, StraceLineParser, Syscall, Unparsed, annotated_device, annotated_path, annotation,
+    ProcessExit, SignalDelivery, StraceLineParser, Syscall, Unparsed, annotated_device, annotated_path, annotation,
     first_symbol, int_arg, split_args, string_arg, symbols, unescape,
 )
 from ..paths import encode_path, resolve
 
 MAX_UNPARSED_EXAMPLES = 20
+MAX_SIGNALS_KEPT = 64  # reload/reopen signals delivered to the target, in order (run.signals_received)
 # A daemon that forks per request would otherwise grow the process table without
 # bound; past this many pids, new processes are only counted by executable.
 MAX_PROCESSES = 5000
+# An exited process's recent syscalls (~20 KB) are dropped, and past that cap the process
+# itself; the last few exited are kept whole so a capability check the kernel probe
+# delivers late still finds its executable and file.
+MAX_EXITED_KEPT = 1024
 
 O_ACCMODE, O_WRONLY, O_RDWR = 0o3, 0o1, 0o2
 O_CREAT, O_TRUNC, O_PATH = 0o100, 0o1000, 0o10000000
@@ -41,6 +46,11 @@ WRITE_OPS = frozenset({
     "write", "create", "truncate", "delete", "rmdir", "rename_from", "rename_to",
     "link", "symlink", "chmod", "chown", "mkdir", "mknod", "utime", "xattr",
 })
+# A passed writability test (access(W_OK) and kin): nothing changed, so not in WRITE_OPS, yet
+# the daemon refuses to start when the test fails, so the read-write plan needs it writable.
+WRITE_TEST = "write_test"
+WRITE_NEED_OPS = WRITE_OPS | {WRITE_TEST}
+W_OK = 0x2
 SD_NOTIFY_WORDS = (b"READY=1", b"STATUS=", b"WATCHDOG=", b"STOPPING=1", b"RELOADING=1",
                    b"MAINPID=", b"NOTIFY_ACCESS=", b"FDSTORE=", b"EXTEND_TIMEOUT_USEC=")
 ROOT_EQUIVALENT_SOCKETS = {
@@ -72,6 +82,7 @@ class Proc:
     threads: int = 0
     recorded: bool = True
     initial_exe: bytes | None = None  # inherited at fork, before any execve
+    euid: int | None = None  # after the process's own setuid calls; None = the uid the run started as
     # (entry time, syscall, operand) of recent path/address syscalls: lets a kernel
     # capability check find the file or port it was about.
     recent: deque = field(default_factory=lambda: deque(maxlen=64))
@@ -81,19 +92,23 @@ class FactCollector:
     """Folds parsed strace events into facts. Feed events, then call sections()."""
 
     def __init__(self, start_cwd: bytes, notify_socket: bytes | None = None,
-                 skip_execs: int = 0) -> None:
+                 attached: bool = False) -> None:
         self.start_cwd = start_cwd
         self.notify_socket = notify_socket
-        # capprobe may start the target through a launcher (setpriv) that execs
-        # it; the launcher's own syscalls are not the target's and are skipped.
-        self._skip_execs = skip_execs
-        self._root_execs = 0
+        # attached: strace attached to capprobe's launcher, which then execs the target;
+        # the launcher's last syscalls before that first execve are not the target's.
+        self._before_root_exec = attached
         self.root_pid: int | None = None
         self.procs: dict[int, Proc] = {}
+        # pids with a line of their own (a clone's return value names a child strace may never see)
+        self.reported_pids: set[int] = set()
+        self._created = 0  # Procs ever made: the MAX_PROCESSES cap counts these, not the table
+        self._exited: deque[int] = deque()
         self.collapsed_processes: dict[str, int] = {}
         self.lines = 0
         self.unparsed = 0
         self.unparsed_examples: list[str] = []
+        self.signals_received: list[SignalDelivery] = []
         self.syscalls: dict[str, list] = {}  # name -> [count, {errno: count}]
         self.files: dict[bytes, dict] = {}  # path -> {"ops": {op: [n, first, set(exe)]}, ...}
         self.devices: dict[bytes, dict] = {}
@@ -114,6 +129,9 @@ class FactCollector:
         self.first_ts: float | None = None
         self._handlers = {name: getattr(self, meth) for name, meth in _HANDLERS.items()}
         self._in_flight_forks: list[int] = []
+        # paths tested writable as root or the start uid: access() tests with the real uid, so a
+        # daemon tests before it drops privileges what it will write as its own user later
+        self._tested_with_start_identity: set[bytes] = set()
         self._current: Syscall | None = None
         self._parser = StraceLineParser()
 
@@ -125,6 +143,9 @@ class FactCollector:
             self._syscall(event)
         elif isinstance(event, ProcessExit):
             self._process_exit(event)
+        elif isinstance(event, SignalDelivery):
+            if len(self.signals_received) < MAX_SIGNALS_KEPT:
+                self.signals_received.append(event)
         elif isinstance(event, Unparsed):
             self.note_unparsed(event.line)
 
@@ -134,7 +155,11 @@ class FactCollector:
             self.unparsed_examples.append(line[:1000])
 
     def traced_pids(self) -> set[int]:
-        return set(self.procs)
+        return set(self.procs) | self.reported_pids  # the table forgets exited unlisted pids
+
+    def is_reported(self, pid: int) -> bool:
+        """Did strace itself report PID (a syscall or its exit)?"""
+        return pid in self.reported_pids
 
     def exe_at_time(self, pid: int, ts: float) -> str:
         """The executable PID was running at time TS (by its execve events), encoded."""
@@ -169,6 +194,8 @@ class FactCollector:
         """The path a syscall was about, from its raw arguments (stat, access, ...)."""
         try:
             args = split_args(ev.args)
+            if ev.name == "capset" and len(args) > 1:
+                return args[1]  # the new sets decide whether CAP_SETPCAP mattered
             if ev.name in _DIRFD_FIRST and len(args) > 1:
                 path = self._path(proc, args[1], args[0])
             else:
@@ -202,11 +229,12 @@ class FactCollector:
             parent = self._forking_parent()
             if parent is not None:
                 proc = Proc(pid, parent.pid, parent.exe, [parent.cwd[0]], ts, tgid=pid,
-                            initial_exe=parent.exe)
+                            initial_exe=parent.exe, euid=parent.euid)
             else:
                 proc = Proc(pid, None, None, [self.start_cwd], ts, tgid=pid)
-        if len(self.procs) >= MAX_PROCESSES:
+        if self._created >= MAX_PROCESSES:
             proc.recorded = False
+        self._created += 1
         self.procs[pid] = proc
         return proc
 
@@ -215,8 +243,13 @@ class FactCollector:
         return self.procs[pending[-1]] if pending else None
 
     def feed_line(self, line: str) -> None:
-        """Parse one strace line and fold it in."""
-        event = self._parser.feed(line)
+        """Parse one strace line and fold it in; a line nothing can read is counted, never raised."""
+        try:
+            event = self._parser.feed(line)
+        except Exception:  # noqa: BLE001 - e.g. a forged 5,000-digit pid: int() refuses it
+            self.lines += 1
+            self.note_unparsed(line)
+            return
         if event is not None:
             self.feed(event)
         elif self._parser.last_unfinished is not None:
@@ -225,9 +258,26 @@ class FactCollector:
                 self._in_flight_forks.append(pid)
 
     def _process_exit(self, ev: ProcessExit) -> None:
+        self.reported_pids.add(ev.pid)
         proc = self._proc(ev.pid, ev.ts)
         proc.exit_status, proc.exit_signal = ev.status, ev.signal
         self.last_ts = max(self.last_ts, ev.ts)
+        self._retire(ev.pid)
+
+    def _retire(self, pid: int) -> None:
+        """Past the MAX_EXITED_KEPT latest exits, forget what an exited process needs no more:
+        its recent syscalls, and the whole process when it is not listed (a thread, a pid past
+        MAX_PROCESSES). Memory then stays bounded however many processes a daemon forks."""
+        self._exited.append(pid)
+        while len(self._exited) > MAX_EXITED_KEPT:
+            old = self._exited.popleft()
+            proc = self.procs.get(old)
+            if proc is None:
+                continue
+            if proc.recorded or old == self.root_pid:
+                proc.recent.clear()
+            else:  # a pid reused since is made anew on its next line
+                del self.procs[old]
 
     # -- syscall dispatch ----------------------------------------------------
 
@@ -236,18 +286,16 @@ class FactCollector:
         if self.first_ts is None:
             self.first_ts = ev.ts
         self.last_ts = ev.ts
+        self.reported_pids.add(pid)
         proc = self._proc(pid, ev.ts)
         proc.last_ts = ev.ts
         self._current = ev
         # every syscall, operand worked out only if a capability check asks (cheap here)
         proc.recent.append((ev.ts, ev.name, ev))
-        if self._skip_execs and pid == self.root_pid:
-            if ev.name in ("execve", "execveat") and ev.ret == 0:
-                self._root_execs += 1
-                if self._root_execs > self._skip_execs:
-                    self._skip_execs = 0
-            if self._skip_execs:
+        if self._before_root_exec and pid == self.root_pid:
+            if ev.name not in ("execve", "execveat") or ev.ret != 0:
                 return
+            self._before_root_exec = False
         entry = self.syscalls.get(ev.name)
         if entry is None:
             entry = self.syscalls[ev.name] = [0, {}]
@@ -259,8 +307,8 @@ class FactCollector:
         if handler is not None:
             try:
                 handler(ev, proc)
-            except (ValueError, IndexError, KeyError, TypeError):
-                # An argument shape this handler did not expect: keep the line.
+            except Exception:  # noqa: BLE001 - the trace is untrusted input (a target can forge lines)
+                # An argument shape this handler did not expect: keep the line, never stop the session.
                 self.note_unparsed(f"[{ev.name} arguments not understood] {ev.pid} {ev.name}({ev.args[:800]})")
 
     # -- helpers -------------------------------------------------------------
@@ -288,6 +336,10 @@ class FactCollector:
             rec = self.files[path] = {"ops": {}, "failed": {}}
         if errno is None:
             self._bump(rec["ops"], op, proc, ts)
+            if op in WRITE_NEED_OPS:  # who owns what it wrote: the daemon may have dropped to its user
+                rec.setdefault("write_uids", set()).add(proc.euid)
+            if op == WRITE_TEST and not proc.euid:
+                self._tested_with_start_identity.add(path)
         else:
             self._bump(rec["failed"], (op, errno), proc, ts)
 
@@ -339,6 +391,8 @@ class FactCollector:
         if child is None:
             child = self._proc(ev.ret, ev.ts)
         child.ppid = proc.pid
+        if not child.identity:
+            child.euid = proc.euid
         if child.exe is None:
             child.exe = child.initial_exe = proc.exe
         if flags & CLONE_THREAD:
@@ -386,6 +440,11 @@ class FactCollector:
             proc.cwd[0] = path
 
     def h_identity(self, ev: Syscall, proc: Proc) -> None:
+        euid = _new_euid(ev) if ev.ret == 0 else None
+        if euid is not None:
+            proc.euid = euid
+            if euid:
+                self._hand_write_tests_to(euid)
         if proc.recorded or proc.pid == proc.tgid:
             target = self.procs.get(proc.tgid, proc)
             if len(target.identity) < 50:
@@ -393,7 +452,27 @@ class FactCollector:
                     "call": ev.name, "args": ev.args[:300], "result": ev.ret,
                     "errno": ev.errno, "time": ev.ts})
 
+    def _hand_write_tests_to(self, uid: int) -> None:
+        """The uid the service switched to needs what it tested writable before the switch."""
+        for path in self._tested_with_start_identity:
+            self.files[path].setdefault("write_uids", set()).add(uid)
+
     # -- files -----------------------------------------------------------------
+
+    def h_access(self, ev: Syscall, proc: Proc) -> None:
+        """access/faccessat/faccessat2 (euidaccess is faccessat with AT_EACCESS) asking for W_OK.
+
+        A daemon tests its run or temporary directory at start and may write nothing there in a
+        short run; a failed test stops it all the same, so a passed one is a write need. A test
+        for R_OK/X_OK/F_OK only asks nothing of the unit's writable paths."""
+        args = split_args(ev.args)
+        at = ev.name != "access"
+        if not (int_arg(args[1 + at]) or 0) & W_OK:
+            return
+        path = self._path(proc, args[at], args[0] if at else None)
+        if path is not None:
+            self._file_op(path, WRITE_TEST, proc, ev.ts, ev.errno)
+
 
     def h_open(self, ev: Syscall, proc: Proc) -> None:
         args = split_args(ev.args)
@@ -699,8 +778,11 @@ class FactCollector:
         annot = annotation(args[0])
         if not annot or annotated_device(annot) is None:
             return  # only device ioctls decide anything (TUNSETIFF, ...)
+        device_path = annotated_path(annot)
+        if device_path is None:
+            return  # "<char 10:200>" without a path before it: nothing to name
         request = first_symbol(args[1]) or args[1]
-        path = encode_path(annotated_path(annot))
+        path = encode_path(device_path)
         self._bump(self.ioctls, (path, request, ev.errno or ""), proc, ev.ts)
         proc.recent.append((ev.ts, ev.name, f"{request} {path}"))
 
@@ -779,6 +861,19 @@ _SYSCALL_FAMILIES = [
 ]
 
 
+# where the effective uid is among a successful call's arguments ("-1": unchanged)
+_EUID_ARGUMENT = {"setuid": 0, "setreuid": 1, "setresuid": 1}
+
+
+def _new_euid(ev: Syscall) -> int | None:
+    position = _EUID_ARGUMENT.get(ev.name)
+    if position is None:
+        return None
+    args = split_args(ev.args)
+    uid = int(args[position]) if len(args) > position and args[position].strip().isdigit() else -1
+    return None if uid < 0 else uid
+
+
 _DIRFD_FIRST = {"newfstatat", "statx", "faccessat", "faccessat2", "openat", "openat2", "readlinkat",
                 "fchownat", "fchmodat", "mkdirat", "unlinkat", "utimensat", "execveat", "mknodat",
                 "name_to_handle_at", "fspick", "open_tree"}
@@ -852,6 +947,7 @@ _HANDLERS = {
     "clone": "h_fork", "clone3": "h_fork", "fork": "h_fork", "vfork": "h_fork",
     "execve": "h_execve", "execveat": "h_execve",
     "chdir": "h_chdir", "fchdir": "h_chdir",
+    "access": "h_access", "faccessat": "h_access", "faccessat2": "h_access",
     "setuid": "h_identity", "setgid": "h_identity", "setreuid": "h_identity",
     "setregid": "h_identity", "setresuid": "h_identity", "setresgid": "h_identity",
     "setgroups": "h_identity", "setfsuid": "h_identity", "setfsgid": "h_identity",

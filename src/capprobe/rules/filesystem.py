@@ -5,26 +5,33 @@ from __future__ import annotations
 import os
 import re
 
-from ..facts.collector import WRITE_OPS
+from ..facts.collector import WRITE_NEED_OPS, WRITE_TEST
 from ..paths import decode_path
+from ..render.quoting import render_value
 from .base import Directive, RuleContext
-from .evidence import (API_FILESYSTEMS, ENTRY_OPS, HOME_DIRS, TMP_DIRS, created_paths, managed_directory,
-                       short_exes, show, under, written_files)
+from .evidence import (API_FILESYSTEMS, ENTRY_OPS, HOME_DIRS, TMP_DIRS, created_paths, foreign_managed_roots,
+                       foreign_writer, managed_directory, managed_root, short_exes, show, under, written_files)
 from .registry import rule
 
 # Sensitive places no service should see unless it used them ("-": fine if missing).
 INACCESSIBLE_CANDIDATES = ("/boot", "/etc/ssh", "/etc/sudoers.d", "/var/spool/cron")
 
+# ProtectSystem=strict does not reach /run on systemd 252 and 257 (both measured, vm-tests/README.md)
+# when ProtectKernelTunables=, ProtectControlGroups= or ProtectProc= is set. 252's
+# src/core/namespace.c says why: they imply MountAPIVFS=, whose "/run" mount entry stays in the
+# list even where /run is already mounted (then it mounts nothing), and the recursive read-only
+# remount of "/" skips every listed path and all mounts below it, so /run, /run/lock and the rest
+# stay writable. Listing /run read-only closes it: the read-only entry wins over the API one for
+# the same path, and deeper entries (ReadWritePaths=, RuntimeDirectory=) are skipped by its
+# remount, so they stay open. If the service writes directly in /run, /run/systemd (unit files
+# systemd reads at daemon-reload) is kept read-only instead.
+RUN_READ_ONLY_CANDIDATES = (b"/run", b"/run/systemd")
+
 
 def expressible(path: bytes) -> bool:
-    """Whether systemd's unit syntax can carry PATH (one line, valid UTF-8)."""
-    if b"\n" in path or b"\r" in path:
-        return False
-    try:
-        path.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+    """Whether ReadWritePaths= can carry PATH: the renderer's own answer (valid UTF-8, no
+    control or bidi character, canonical), so one odd name never drops the whole line."""
+    return render_value("ReadWritePaths", path) is not None
 
 
 def _expressible_ancestor(path: bytes) -> bytes:
@@ -33,8 +40,17 @@ def _expressible_ancestor(path: bytes) -> bytes:
     return path or b"/"
 
 
+def _tmp_sockets_bound(ctx: RuleContext) -> list[tuple[bytes, dict]]:
+    """(path, bind row) of the unix sockets the service bound under /tmp or /var/tmp: other
+    processes connect to them."""
+    binds = [(decode_path(b.get("address") or ""), b) for b in ctx.profile["network"].get("binds", [])
+             if b["family"] == "AF_UNIX" and not b.get("errno")]
+    return [(p, b) for p, b in binds if under(p, TMP_DIRS)]
+
+
 def _shares_tmp(ctx: RuleContext) -> list[bytes]:
-    """Paths under /tmp or /var/tmp the service used but did not create: shared with others."""
+    """Paths under /tmp or /var/tmp the service used but did not create, or bound a socket at:
+    shared with others."""
     def compute():
         created = created_paths(ctx)
         shared = []
@@ -52,7 +68,7 @@ def _shares_tmp(ctx: RuleContext) -> list[bytes]:
                 continue  # under systemd this is /run/systemd/notify
             if c["family"] == "AF_UNIX" and (c.get("address") or "").startswith(("/tmp/", "/var/tmp/")):
                 shared.append(decode_path(c["address"]))
-        return shared
+        return shared + [p for p, _ in _tmp_sockets_bound(ctx)]
     return ctx.memo("shares_tmp", compute)
 
 
@@ -63,14 +79,27 @@ def read_write_plan(ctx: RuleContext) -> tuple[dict[bytes, list[str]], dict[str,
         paths: dict[bytes, list[str]] = {}
         managed: dict[str, dict[bytes, list[str]]] = {}
         notes: list[str] = []
-        for p, f in written_files(ctx):
-            ops = set(f["ops"]) & WRITE_OPS
+        # Under ProtectSystem=strict a shared /tmp is read-only too: what the service writes,
+        # tests or binds there is listed (an entry, such as a socket, needs its directory).
+        sockets = [] if private_tmp else [(p, {"ops": {"create": b}, "bound_socket": True})
+                                          for p, b in _tmp_sockets_bound(ctx)]
+        for p, f in written_files(ctx) + sockets:
+            ops = set(f["ops"]) & WRITE_NEED_OPS
             if under(p, API_FILESYSTEMS):
                 continue
             if private_tmp and under(p, TMP_DIRS):
                 continue
-            why = f"{','.join(sorted(ops))} {show(p)} by {short_exes(f['ops'].values())}"
+            why = _need_evidence(p, f, ops)
             m = managed_directory(p, ops)
+            root = managed_root(p, ops)
+            if root in foreign_managed_roots(ctx):
+                # A root-started daemon wrote here as its own user: a *Directory= would make the
+                # directory root's (and re-own an existing one, e.g. Debian's /var/lib/NAME), so the
+                # unit only opens it and the setup script's tmpfiles.d lines own what it writes.
+                writer = foreign_writer(ctx, f)
+                paths.setdefault(root, []).append(why + (f", for uid {writer} after leaving root ({m[0]}= would "
+                                                         "make it root's)" if writer is not None else ""))
+                continue
             if m is not None:
                 managed.setdefault(m[0], {}).setdefault(m[1], []).append(why)
                 continue
@@ -82,17 +111,18 @@ def read_write_plan(ctx: RuleContext) -> tuple[dict[bytes, list[str]], dict[str,
                 notes.append(f"{show(target)} cannot be written in unit syntax; widened to {show(wider)}")
                 target = wider
             paths.setdefault(target, []).append(why)
-        paths = _merge_fan_out(paths)
-        # keep only the outermost of nested entries
-        kept: dict[bytes, list[str]] = {}
-        for p in sorted(paths):
-            if not any(p == k or p.startswith(k.rstrip(b"/") + b"/") for k in kept):
-                kept[p] = paths[p]
-            else:
-                outer = next(k for k in kept if p == k or p.startswith(k.rstrip(b"/") + b"/"))
-                kept[outer].extend(paths[p])
+        kept = _collapse_crowded(_outermost(_merge_fan_out(paths)), notes)
         return kept, managed, notes
     return ctx.memo("rw_plan", compute)
+
+
+def _need_evidence(p: bytes, f: dict, ops: set[str]) -> str:
+    by = short_exes(f["ops"].values())
+    if f.get("bound_socket"):
+        return f"binds the socket {show(p)} by {by}: other processes connect to it"
+    if ops == {WRITE_TEST}:
+        return f"tested {show(p)} writable by {by}, not written in this run (it stops when the test fails)"
+    return f"{','.join(sorted(ops))} {show(p)} by {by}"
 
 
 _FAN_OUT = re.compile(rb"^[0-9a-f]{2}$")
@@ -115,11 +145,86 @@ def _merge_fan_out(paths: dict[bytes, list[str]]) -> dict[bytes, list[str]]:
     return merged
 
 
+def _outermost(paths: dict[bytes, list[str]]) -> dict[bytes, list[str]]:
+    """Only the outermost of nested entries, with the evidence of those inside them.
+
+    Sorted by components, every entry below K comes right after K ("/a/b", "/a/b/c",
+    "/a/b-c"; plain byte order would put "/a/b-c" between them), so one walk suffices."""
+    kept: dict[bytes, list[str]] = {}
+    outer: bytes | None = None
+    for p in sorted(paths, key=lambda path: path.split(b"/")):
+        if outer is not None and (p == outer or p.startswith(outer.rstrip(b"/") + b"/")):
+            kept[outer].extend(paths[p])
+        else:
+            outer = p
+            kept[p] = list(paths[p])
+    return kept
+
+
+# Past these bounds a ReadWritePaths= line stops being a reviewable list (a cache with a
+# million files would make a line of megabytes): entries are granted as their directory.
+MAX_ENTRIES_PER_DIRECTORY = 64
+MAX_ENTRIES = 256
+
+
+def _may_widen_to(directory: bytes) -> bool:
+    """Collapsing never opens "/" or a top-level directory such as /etc or /usr."""
+    return directory.count(b"/") >= 2 and expressible(directory)
+
+
+def _crowded(paths: dict[bytes, list[str]]) -> dict[bytes, list[bytes]]:
+    """{directory: its entries} to grant as the directory in this round, or {} when done:
+    directories over MAX_ENTRIES_PER_DIRECTORY; past MAX_ENTRIES, the most crowded
+    directories first; when no two entries share one, the deepest entries move up."""
+    by_parent: dict[bytes, list[bytes]] = {}
+    for p in paths:
+        by_parent.setdefault(os.path.dirname(p), []).append(p)
+    widenable = {parent: children for parent, children in by_parent.items() if _may_widen_to(parent)}
+    crowded = {parent: children for parent, children in widenable.items()
+               if len(children) > MAX_ENTRIES_PER_DIRECTORY}
+    excess = len(paths) - MAX_ENTRIES
+    if crowded or excess <= 0:
+        return crowded
+    for parent, children in sorted(widenable.items(), key=lambda kv: -len(kv[1])):
+        if excess <= 0 or len(children) < 2:
+            break
+        crowded[parent] = children
+        excess -= len(children) - 1
+    if crowded or not widenable:
+        return crowded
+    deepest = max(parent.count(b"/") for parent in widenable)
+    return {parent: children for parent, children in widenable.items() if parent.count(b"/") == deepest}
+
+
+def _collapse_crowded(paths: dict[bytes, list[str]], notes: list[str]) -> dict[bytes, list[str]]:
+    """Grant crowded directories whole (see _crowded), round after round. A round merges
+    entries or moves the deepest up, never into "/" or a top-level directory, so the loop
+    ends; each round is n log n."""
+    collapsed: list[bytes] = []
+    while crowded := _crowded(paths):
+        for parent, children in crowded.items():
+            evidence = [f"{len(children)} written entries in {show(parent)} like {show(children[0])}, granted "
+                        "as the directory"]
+            for child in children:
+                evidence.extend(paths.pop(child))
+            paths.setdefault(parent, []).extend(evidence)
+            collapsed.append(parent)
+        paths = _outermost(paths)
+    if collapsed:
+        notes.append(f"{len(collapsed)} directories (e.g. {show(collapsed[0])}) are granted whole: they held more "
+                     f"than {MAX_ENTRIES_PER_DIRECTORY} written entries, or the list passed {MAX_ENTRIES} entries")
+    if len(paths) > MAX_ENTRIES:
+        notes.append(f"{len(paths)} entries, more than {MAX_ENTRIES}: too spread out to collapse without opening "
+                     "a top-level directory")
+    return paths
+
+
 @rule("filesystem")
 def protect_system(ctx: RuleContext):
     n = len(written_files(ctx))
     yield Directive("ProtectSystem", ("strict",),
-                    f"the whole file system read-only; the {n} written paths are opened below")
+                    f"the whole file system read-only (on systemd 252 and 257 /run needs the ReadOnlyPaths= below); "
+                    f"the {n} written paths are opened below")
 
 
 @rule("filesystem")
@@ -133,13 +238,59 @@ def read_write_paths(ctx: RuleContext):
                              for p, w in paths.items())
         for note in notes:
             evidence += f"; {note}"
-        yield Directive("ReadWritePaths", tuple(paths), evidence)
+        optional = optional_paths(ctx, paths)
+        if optional:
+            evidence += (f"; '-' on {', '.join(show(p) for p in optional[:3])}"
+                         f"{' ...' if len(optional) > 3 else ''}: it may not exist yet on another host "
+                         "(created during the trace, or under a home directory), and a missing path would "
+                         "fail the start with 226/NAMESPACE (the setup script's tmpfiles.d lines create "
+                         "the ones it manages)")
+        yield Directive("ReadWritePaths", tuple("-" + p.decode() if p in optional else p for p in paths), evidence)
+
+
+def optional_paths(ctx: RuleContext, paths) -> list[bytes]:
+    """The ReadWritePaths= entries that may be missing on a fresh host."""
+    created = created_paths(ctx)
+    stats = {decode_path(f["path"]): f.get("stat") or {} for f in ctx.profile["files"]}
+    out = []
+    for p in paths:
+        unsure = (p in created or under(p, HOME_DIRS) or stats.get(p, {}).get("missing")
+                  or p in foreign_managed_roots(ctx))
+        if unsure and expressible(p):
+            out.append(p)
+    return out
+
+
+def _run_read_only(ctx: RuleContext) -> bytes | None:
+    """The outermost of /run, /run/systemd that can be read-only: not one the service writes
+    through a ReadWritePaths= entry at or above it (a deeper entry stays open anyway)."""
+    paths, _, _ = read_write_plan(ctx)
+    written = [p for p, _ in written_files(ctx)]
+
+    def written_through_wider_entry(candidate: bytes) -> bool:
+        covered = any(candidate == w or candidate.startswith(w.rstrip(b"/") + b"/") for w in paths)
+        return covered and any(p.startswith(candidate + b"/") for p in written)
+    return next((c for c in RUN_READ_ONLY_CANDIDATES if not written_through_wider_entry(c)), None)
+
+
+@rule("filesystem")
+def read_only_paths(ctx: RuleContext):
+    target = _run_read_only(ctx)
+    if target == b"/run":
+        yield Directive("ReadOnlyPaths", (target,),
+                        "ProtectSystem=strict leaves /run writable on systemd 252 and 257 (ProtectKernelTunables=, "
+                        "ProtectControlGroups=, ProtectProc= imply MountAPIVFS=): read-only here; the paths "
+                        "written below it stay open (ReadWritePaths=, RuntimeDirectory= above)")
+    elif target is not None:
+        yield Directive("ReadOnlyPaths", (target,),
+                        f"the service writes directly in /run (opened above), not in {show(target)}: that stays "
+                        f"read-only (systemd reads unit files there at daemon-reload)")
 
 
 @rule("filesystem")
 def protect_home(ctx: RuleContext):
     touched = [f for f in ctx.profile["files"] if under(decode_path(f["path"]), HOME_DIRS)]
-    written = [f for f in touched if set(f["ops"]) & WRITE_OPS]
+    written = [f for f in touched if set(f["ops"]) & WRITE_NEED_OPS]
     if not touched:
         yield Directive("ProtectHome", ("yes",), "nothing under /home, /root or /run/user touched")
     elif written:
@@ -156,9 +307,13 @@ def private_tmp(ctx: RuleContext):
     shared = _shares_tmp(ctx)
     if shared:
         yield Directive("PrivateTmp", ("no",), f"meets other processes through /tmp: {show(shared[0])}"
-                        + (f" (+{len(shared) - 1} more)" if len(shared) > 1 else ""))
+                        + (f" (+{len(shared) - 1} more)" if len(shared) > 1 else "")
+                        + "; ProtectSystem=strict leaves the shared /tmp read-only, so what it writes, tests "
+                          "writable or binds there is in ReadWritePaths=")
     else:
-        yield Directive("PrivateTmp", ("yes",), "uses no file in /tmp or /var/tmp that it did not create")
+        tested = [p for p, f in written_files(ctx) if p in (b"/tmp", b"/var/tmp") and WRITE_TEST in f["ops"]]
+        yield Directive("PrivateTmp", ("yes",), "uses no file in /tmp or /var/tmp that it did not create"
+                        + (f"; it tests {show(tested[0])} writable, and a private one is" if tested else ""))
 
 
 @rule("filesystem")

@@ -7,7 +7,8 @@ import re
 from ..facts.collector import WRITE_OPS
 from ..paths import decode_path
 from .base import Directive, RuleContext
-from .evidence import behaviour, identity_choice, required_capabilities, short_exes, show, toggle_unless_seen
+from .evidence import behaviour, identity_choice, short_exes, show, toggle_unless_seen
+from .ownership import required_capabilities
 from .registry import rule
 
 _PROC_PID = re.compile(rb"^/proc/(\d+|self|thread-self)(/|$)")

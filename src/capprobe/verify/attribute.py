@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..facts.collector import WRITE_OPS
+from ..facts.collector import WRITE_NEED_OPS
 from ..paths import decode_path, display_path
 from ..rules.base import Directive
 from ..rules.evidence import ENTRY_OPS
@@ -64,7 +64,7 @@ def blame_from_trace(traced: dict, allowed_syscalls: frozenset[str] | None,
     read_only: dict[bytes, str] = {}
     for f in traced.get("files", []):
         for fail in f.get("failed", []):
-            if fail["errno"] == "EROFS" and fail["op"] in WRITE_OPS:
+            if fail["errno"] == "EROFS" and fail["op"] in WRITE_NEED_OPS:  # a failed W_OK test too
                 raw = decode_path(f["path"])
                 target = os.path.dirname(raw) if fail["op"] in ENTRY_OPS else raw
                 read_only.setdefault(target, f"{fail['op']} {display_path(f['path'])} failed with EROFS "
