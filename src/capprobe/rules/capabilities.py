@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .base import Directive, RuleContext
-from .evidence import identity_choice, ownership_alternative, required_capabilities, show
+from .evidence import identity_choice, show
+from .ownership import ownership_alternative, ownership_plan, required_capabilities
 from .registry import rule
 
 KERNEL_METHODS = ("tracefs", "bpftrace")  # capabilities the kernel itself reported
@@ -20,6 +21,9 @@ def _evidence(ctx: RuleContext, cap: str) -> str:
         target = f" {u['targets'][0]}" if u.get("targets") else ""
         exe = (u.get("exe") or "?").rsplit("/", 1)[-1]
         parts.append(f"{u.get('reason')}{target} (x{u.get('count', 1)}, {exe})")
+    difference = next((u["confirmed_by"].get("first_difference") for u in rows if u.get("confirmed_by")), None)
+    if difference:  # capprobe confirm: a re-run without it
+        parts.append(f"confirmed: without it, {difference}")
     return f"{cap}: " + "; ".join(parts) if parts else cap
 
 
@@ -31,10 +35,23 @@ def bounding_set(ctx: RuleContext):
     left_out = sorted({u["capability"] for u in caps.get("uses", [])
                        if u.get("status") in ("advisory", "optional", "superseded", "possible", "denied")} - set(required))
     note = f"; checked but not required: {' '.join(left_out)}" if left_out else ""
+    unneeded = sorted((caps.get("confirmation") or {}).get("optional", []))
+    if unneeded:
+        note += f" ({' '.join(unneeded)}: a re-run without it behaved the same, capprobe confirm)"
     dropped, paths = ownership_alternative(ctx)
     if dropped:
         note += (f"; {' '.join(dropped)} was needed only for {', '.join(show(p) for p in paths)}: "
-                 "the setup script (--setup) gives them to the service user instead")
+                 "the setup script (--setup), or systemd for its *Directory= entries, gives them to the service "
+                 "user instead")
+    plan = ownership_plan(ctx)
+    if plan.secrets_read:
+        note += (f"; CAP_DAC_READ_SEARCH kept for {', '.join(show(p) for p in plan.secrets_read[:3])}: the service "
+                 "user cannot read it and capprobe gives no secret away (alternative: LoadCredential=NAME:PATH, "
+                 "if the program can read it from $CREDENTIALS_DIRECTORY)")
+    left = [r for r in plan.refusals if r.path not in plan.secrets_read]
+    if left:
+        note += ("; left as they are, for the operator to decide: "
+                 + ", ".join(f"{show(r.path)} ({r.why})" for r in left[:3]) + (" ..." if len(left) > 3 else ""))
     source = "as the kernel checked them" if method in KERNEL_METHODS else f"method: {method}"
     if not required:
         yield Directive("CapabilityBoundingSet", (), f"no capability required ({source}){note}")
