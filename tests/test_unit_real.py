@@ -324,12 +324,14 @@ def restic_runs():
                                "restic", "-r", str(repo), "init"], env=env, capture_output=True, text=True,
                               timeout=60)
         assert init.returncode == 0, init.stderr
-        backup = capprobe("run", "-q", "--user", "nobody", "--unit", "restic-backup", "-o", str(d / "backup.json"),
-                          "--", "restic", "-r", str(repo), "backup", str(tree), env=env)
+        # the target gets a service's environment, not capprobe's: the variables go through --env
+        passed = ["--env", "RESTIC_PASSWORD=capprobe-test", "--env", f"RESTIC_CACHE_DIR={cache}"]
+        backup = capprobe("run", "-q", "--user", "nobody", *passed, "--unit", "restic-backup",
+                          "-o", str(d / "backup.json"), "--", "restic", "-r", str(repo), "backup", str(tree))
         assert backup.returncode == 0, backup.stderr
-        restored = capprobe("run", "-q", "--user", "nobody", "--unit", "restic-restore",
+        restored = capprobe("run", "-q", "--user", "nobody", *passed, "--unit", "restic-restore",
                             "-o", str(d / "restore.json"), "--",
-                            "restic", "-r", str(repo), "restore", "latest", "--target", str(restore), env=env)
+                            "restic", "-r", str(repo), "restore", "latest", "--target", str(restore))
         assert restored.returncode == 0, restored.stderr
         restored_key = Path(str(restore) + str(key))
         yield {"dir": d, "tree": tree, "key": key, "restore": restore, "restored_key": restored_key,

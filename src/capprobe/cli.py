@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from . import __version__
+from .paths import decode_path, printable
 from .profile import ProfileError, load_profile, save_profile, write_atomically
-from .rules.base import UnitOptions
-from .session import RunOptions, SessionError, run_session
+from .rules.base import RuleContext, UnitOptions
+from .session import RunOptions, SessionError, parse_env_assignments, run_session
+from .validate import InvalidField, validate_profile
 
 
 def _fail(message: str, code: int = 2) -> None:
-    click.echo(message if message.startswith("capprobe:") else f"capprobe: {message}", err=True)
+    click.echo(printable(message if message.startswith("capprobe:") else f"capprobe: {message}"), err=True)
     sys.exit(code)
 
 
@@ -57,8 +60,8 @@ def main() -> None:
     except Exception as e:  # noqa: BLE001 - the last line of defence against tracebacks
         if os.environ.get("CAPPROBE_DEBUG"):
             raise
-        click.echo(f"capprobe: internal error: {type(e).__name__}: {e} "
-                   "(CAPPROBE_DEBUG=1 shows where; please report it)", err=True)
+        click.echo(printable(f"capprobe: internal error: {type(e).__name__}: {e} "
+                             "(CAPPROBE_DEBUG=1 shows where; please report it)"), err=True)
         sys.exit(70)
 
 
@@ -81,15 +84,34 @@ def main() -> None:
               default="auto", show_default=True,
               help="How to see capability checks: auto = tracefs, else bpftrace, else inferred from syscalls.")
 @click.option("--no-cap-probe", is_flag=True, help="Same as --cap-probe off.")
+@click.option("--env", "env", multiple=True, metavar="NAME=VALUE",
+              help="Pass this variable to the target (repeatable; the unit gets it as Environment=). "
+                   "Otherwise the target sees only what systemd gives a service.")
+@click.option("--exercise", "exercises", multiple=True, metavar="CMD",
+              help="Run this shell command while the target runs (repeatable, one after another), e.g. "
+                   "'kill -HUP $MAINPID' or a client request; $MAINPID is the target's pid. Not traced.")
+@click.option("--exercise-delay", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Seconds after the target starts before the first exercise, and between two.")
+@click.option("--confirm", "confirm_caps", is_flag=True,
+              help="After the run, re-run it once per doubtful capability without it; one it works "
+                   "without becomes optional (see `capprobe confirm`).")
+@click.option("--check", default=None, metavar="CMD",
+              help="With --confirm: a shell command that must succeed while each re-run runs (a daemon's "
+                   "health check); it replaces comparing the runs' facts.")
+@click.option("--reset", default=None, metavar="CMD",
+              help="With --confirm: a shell command run before each re-run to restore the state this run "
+                   "started from (remove what it created).")
 @click.option("--unit", "unit_name", default=None,
               help="Name of the unit to synthesize beside the profile (default: <command>.service).")
 @click.option("--no-unit", is_flag=True, help="Write only the profile.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
-def run(output, force, duration, grace, user, group, caps, drop_caps, cap_probe, no_cap_probe, unit_name,
-        no_unit, quiet, command) -> None:
+def run(output, force, duration, grace, user, group, caps, drop_caps, cap_probe, no_cap_probe, env, exercises,
+        exercise_delay, confirm_caps, check, reset, unit_name, no_unit, quiet, command) -> None:
     """Trace COMMAND (after --), write its profile and a hardened unit beside it."""
     command = list(command)
+    if (check is not None or reset is not None) and not confirm_caps:
+        _fail("--check and --reset go with --confirm")
     if output is None:
         output = default_profile_path(command)
     else:
@@ -102,10 +124,15 @@ def run(output, force, duration, grace, user, group, caps, drop_caps, cap_probe,
         unit_path = output.parent / f"{name}.service"
         if unit_path.exists() and not force:
             _fail(f"{unit_path} exists; use --force to replace it, or --unit NAME")
+    try:
+        run_env = parse_env_assignments(list(env))
+    except SessionError as e:
+        _fail(str(e), e.exit_code)
     opts = RunOptions(command=command, duration=duration, grace=grace, user=user,
                       group=group, caps=caps, cap_probe="off" if no_cap_probe else cap_probe,
-                      drop_caps=list(drop_caps))
-    status = (lambda msg: None) if quiet else (lambda msg: click.echo(f"capprobe: {msg}", err=True))
+                      drop_caps=list(drop_caps), env=run_env, exercises=list(exercises),
+                      exercise_delay=exercise_delay)
+    status = (lambda msg: None) if quiet else (lambda msg: click.echo(printable(f"capprobe: {msg}"), err=True))
     try:
         result = run_session(opts, status=status)
     except SessionError as e:
@@ -117,12 +144,40 @@ def run(output, force, duration, grace, user, group, caps, drop_caps, cap_probe,
     if not quiet:
         from .render.summary import one_paragraph
         for note in result.notes:
-            click.echo(f"capprobe: {note}", err=True)
+            click.echo(printable(f"capprobe: {note}"), err=True)
         click.echo(one_paragraph(result.profile, str(output)), err=True)
+    # the base profile is on disk first: a confirmation cut short loses only the re-runs
+    profile = (_confirm_and_save(result.profile, opts, check, reset, output, quiet, must_confirm=False)
+               if confirm_caps else result.profile)
     if unit_path is not None:
         options = UnitOptions(name=unit_path.name[:-len(".service")], user=user, group=group)
-        _write_unit(result.profile, options, str(unit_path), force, quiet)
+        _write_unit(profile, options, str(unit_path), force, quiet)
     sys.exit(result.exit_code)
+
+
+def _confirm_and_save(profile: dict, opts: RunOptions, check: str | None, reset: str | None, dest: Path,
+                      quiet: bool, must_confirm: bool) -> dict:
+    """Confirm PROFILE's doubtful capabilities by re-runs, write it to DEST (replaced), return it.
+
+    When confirmation cannot run, MUST_CONFIRM (`capprobe confirm`) fails; `run --confirm`
+    says so and goes on with the profile it has.
+    """
+    from .confirm import ConfirmError, confirm
+    say = (lambda msg: None) if quiet else (lambda msg: click.echo(printable(f"capprobe: {msg}"), err=True))
+    try:
+        profile = confirm(profile, opts, check, say, reset)
+    except (ConfirmError, SessionError) as e:
+        if must_confirm:
+            _fail(str(e), getattr(e, "exit_code", 1))
+        click.echo(printable(f"capprobe: confirm: {str(e).removeprefix('capprobe: ')}; "
+                             "the capabilities stay unconfirmed"), err=True)
+        return profile
+    try:
+        save_profile(profile, dest, force=True)
+    except ProfileError as e:
+        _fail(str(e))
+    say(f"confirm: profile written to {dest}")
+    return profile
 
 
 def _unit_name(text: str) -> str:
@@ -135,7 +190,7 @@ def _unit_name(text: str) -> str:
 
 
 def _write_unit(profile: dict, options: "UnitOptions", dest: str, force: bool, quiet: bool,
-                setup: Path | None = None) -> None:
+                setup: Path | None = None, tmpfiles: Path | None = None) -> None:
     from .synthesis import synthesize
     result = synthesize(profile, options)
     data = result.unit_text.encode()
@@ -148,23 +203,33 @@ def _write_unit(profile: dict, options: "UnitOptions", dest: str, force: bool, q
             _fail(str(e))
     if setup is not None:
         from .render.setup_script import setup_script
+        from .render.tmpfiles import tmpfiles_snippet
+        from .rules.ownership import ownership_plan
         try:
-            write_atomically(setup, setup_script(profile, options, result).encode(), force, mode=0o755)
+            write_atomically(setup, setup_script(profile, options).encode(), force, mode=0o755)
+            plan = ownership_plan(RuleContext(profile, options))
+            if plan.grants:  # the script carries these lines too; this copy is for review and packaging
+                write_atomically(tmpfiles or setup.parent / f"{options.name}.conf",
+                                 tmpfiles_snippet(plan, options.name).encode(), force)
         except ProfileError as e:
             _fail(str(e))
     if quiet:
         return
     for note in result.notes:
-        click.echo(f"capprobe: {note}", err=True)
+        click.echo(printable(f"capprobe: {note}"), err=True)
     for message in result.verify_messages:
-        click.echo(f"capprobe: systemd-analyze verify: {message}", err=True)
+        click.echo(printable(f"capprobe: systemd-analyze verify: {message}"), err=True)
     hardened = sum(1 for d in result.directives if d.hardening)
     where = "stdout" if dest == "-" else dest
-    click.echo(f"capprobe: unit written to {where}: {hardened} hardening settings, "
-               f"capabilities: {' '.join(profile.get('capabilities', {}).get('required', [])) or 'none'}", err=True)
+    click.echo(printable(f"capprobe: unit written to {where}: {hardened} hardening settings, capabilities: "
+                         f"{' '.join(profile.get('capabilities', {}).get('required', [])) or 'none'}"), err=True)
     if result.exposure is not None:
+        from .render.summary import profile_warnings
+        # A low score on a unit made from a failed or partial run would read as a good unit.
+        caveat = (" - WARNING: scores the unit's text only; the profile it came from is a failed or "
+                  "incomplete run (see above)") if profile_warnings(profile) else ""
         click.echo(f"capprobe: exposure (systemd-analyze security): {result.baseline_exposure} -> "
-                   f"{result.exposure} {result.exposure_label}", err=True)
+                   f"{result.exposure} {result.exposure_label}{caveat}", err=True)
 
 
 @cli.command()
@@ -177,9 +242,11 @@ def _write_unit(profile: dict, options: "UnitOptions", dest: str, force: bool, q
 @click.option("--name", default=None, help="Unit name (default: from -o or the traced command).")
 @click.option("--setup", type=click.Path(path_type=Path), default=None,
               help="Also write a setup script (user, directories, ownership) to this file.")
+@click.option("--tmpfiles", type=click.Path(path_type=Path), default=None,
+              help="With --setup: where to write the tmpfiles.d snippet (default: NAME.conf beside the script).")
 @click.option("--force", is_flag=True, help="Replace existing files.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
-def unit(profile, output, user, group, dynamic_user, exec_line, name, setup, force, quiet) -> None:
+def unit(profile, output, user, group, dynamic_user, exec_line, name, setup, tmpfiles, force, quiet) -> None:
     """Synthesize the minimal hardened systemd unit for PROFILE."""
     if user and dynamic_user:
         _fail("--user and --dynamic-user exclude each other")
@@ -189,7 +256,7 @@ def unit(profile, output, user, group, dynamic_user, exec_line, name, setup, for
         _fail(str(e))
     if name is None:
         name = (os.path.basename(output) if output and output != "-" else
-                os.path.basename(data["run"]["command"][0]) or "service")
+                os.path.basename(os.fsdecode(decode_path(data["run"]["command"][0]))) or "service")
     name = _unit_name(name)
     dest = output or f"{name}.service"
     if dest != "-":
@@ -205,8 +272,52 @@ def unit(profile, output, user, group, dynamic_user, exec_line, name, setup, for
             _fail(f"cannot split --exec: {e}")
         if not exec_start:
             _fail("--exec is empty")
+    if tmpfiles is not None and setup is None:
+        _fail("--tmpfiles goes with --setup")
+    try:
+        validate_profile(data, user, group)
+    except InvalidField as e:
+        _fail(f"{profile}: {e}")
     options = UnitOptions(name=name, user=user, group=group, dynamic_user=dynamic_user, exec_start=exec_start)
-    _write_unit(data, options, dest, force, quiet, setup)
+    _write_unit(data, options, dest, force, quiet, setup, tmpfiles)
+
+
+@cli.command()
+@click.argument("profile", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Where to write the confirmed profile (default: PROFILE itself, updated in place).")
+@click.option("--force", is_flag=True, help="Replace the -o file if it exists.")
+@click.option("--check", default=None, metavar="CMD",
+              help="A shell command that must succeed while each re-run runs (a daemon's health check); "
+                   "it replaces comparing the runs' facts.")
+@click.option("--reset", default=None, metavar="CMD",
+              help="A shell command run before each re-run to restore the state the profiled run started "
+                   "from (remove what it created).")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds each re-run lasts (default: the profiled run's --duration; a run that ended "
+                   "on its own gets 3 times its time, at least 10 s).")
+@click.option("--grace", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Seconds between SIGTERM and SIGKILL when a re-run is stopped.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def confirm(profile, output, force, check, reset, duration, grace, quiet, command) -> None:
+    """Re-run the workload of PROFILE once per doubtful capability, without it (after --: the
+    command, default the profiled one); a capability it works without becomes optional."""
+    from .confirm import ConfirmError, rerun_options
+    try:
+        data = load_profile(profile)
+    except ProfileError as e:
+        _fail(str(e))
+    dest = output or profile
+    if output is not None:
+        _check_output_path(output)
+        if output.exists() and not force and output.resolve() != Path(profile).resolve():
+            _fail(f"{output} exists; use --force to replace it")
+    try:
+        opts = replace(rerun_options(data, list(command) or None, duration), grace=grace)
+    except ConfirmError as e:
+        _fail(f"{profile}: {e}")
+    _confirm_and_save(data, opts, check, reset, dest, quiet, must_confirm=True)
 
 
 @cli.command()

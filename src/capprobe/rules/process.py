@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import shlex
 
-from ..paths import display_path
+from ..paths import decode_path, display_path
+from ..render.quoting import render_value
 from .base import Directive, RuleContext
 from .evidence import behaviour, short_exes, toggle_unless_seen
 from .registry import rule
 
 ONESHOT_SECONDS = 60  # a run that ended by itself within this time is a job, not a daemon
+# Variables systemd (or capprobe standing in for it) sets itself: never the operator's Environment=.
+SERVICE_MANAGER_VARIABLES = frozenset({"NOTIFY_SOCKET", "PATH", "LANG"})
 PERSONALITY_HARMLESS = {"0xffffffff", "0", "PER_LINUX", "0 /* PER_LINUX */"}
 
 
@@ -35,8 +38,51 @@ def exec_start(ctx: RuleContext):
         yield Directive("ExecStart", tuple(argv), "given with --exec", hardening=False)
         return
     run = ctx.profile["run"]
-    argv = [run.get("executable", run["command"][0]).encode()] + [a.encode() for a in run["command"][1:]]
+    argv = [decode_path(run.get("executable", run["command"][0]))] + [decode_path(a) for a in run["command"][1:]]
     yield Directive("ExecStart", tuple(argv), "the traced command line", hardening=False)
+
+
+@rule("process")
+def exec_reload(ctx: RuleContext):
+    """ExecReload= only for a reload that was exercised: SIGHUP to the main process, survived."""
+    run = ctx.profile["run"]
+    for exercise in run.get("exercises", []):
+        hup = [s for s in exercise.get("signals_to_target", [])
+               if s["signal"] == "SIGHUP" and s["pid"] == run.get("main_pid")]
+        if hup and exercise.get("target_alive_after"):
+            # The shell's own kill: /bin/kill (procps) is missing from minimal systems (203/EXEC,
+            # measured in the vm-tests rootfs). systemd sets $MAINPID in a control process's
+            # environment; "$$" keeps it from expanding it first.
+            yield Directive("ExecReload", ("/bin/sh", "-c", b"kill -HUP $MAINPID"),
+                            f"--exercise {exercise['command']!r} sent SIGHUP to the main process "
+                            f"{exercise.get('at') or 0:.1f} s into the run, and it was still running afterwards",
+                            hardening=False)
+            return
+
+
+@rule("process")
+def environment(ctx: RuleContext):
+    """Environment= from the operator's --env values; what a unit cannot carry safely is left out."""
+    given = ctx.profile["run"].get("environment") or {}
+    kept, own = [], []
+    for name in sorted(given):
+        if name in SERVICE_MANAGER_VARIABLES:
+            own.append(name)
+            continue
+        # (a name that is not text is left out below: quoting refuses the "?")
+        assignment = name.encode("utf-8", "replace") + b"=" + decode_path(given[name])
+        if render_value("Environment", assignment) is None:
+            # rendered as a comment only: the operator gives it with EnvironmentFile= instead
+            yield Directive("Environment", (assignment,), f"{name} was given with --env, but its value "
+                            "(a control character such as a newline, or not UTF-8) is not written into a "
+                            "unit: pass it with EnvironmentFile=", hardening=False)
+            continue
+        kept.append(assignment)
+    if kept:
+        names = ", ".join(a.split(b"=", 1)[0].decode() for a in kept)
+        skipped = f"; {', '.join(own)} left out: systemd sets it for the service" if own else ""
+        yield Directive("Environment", tuple(kept), f"given with --env when traced: {names}{skipped}",
+                        hardening=False)
 
 
 @rule("process")
