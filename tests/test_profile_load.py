@@ -37,6 +37,12 @@ def test_a_character_device_is_refused_before_reading(command, tmp_path):
     assert r.stderr == "capprobe: /dev/zero is not a regular file; a profile is a JSON file\n"
 
 
+def test_a_directory_is_refused_in_one_line(tmp_path):
+    r = capprobe("show", str(tmp_path), timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == f"capprobe: {tmp_path} is not a regular file; a profile is a JSON file\n"
+
+
 def test_a_fifo_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / "p.json"
     os.mkfifo(fifo)

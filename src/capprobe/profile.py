@@ -94,10 +94,11 @@ def _read_regular_file(path: Path, limit: int) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as e:
         raise ProfileError(f"cannot read {path}: {e.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)  # before fdopen: Python refuses to wrap a directory's descriptor
+        raise ProfileError(f"{path} is not a regular file; a profile is a JSON file")
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ProfileError(f"{path} is not a regular file; a profile is a JSON file")
         if st.st_size > limit:
             raise ProfileError(f"{path} is {st.st_size} bytes; profiles are read up to "
                                f"{limit // (1024 * 1024)} MiB")
