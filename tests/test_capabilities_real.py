@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -304,3 +305,31 @@ def test_capset_that_drops_capabilities_does_not_need_setpcap(tmp_path, inherita
     (setpcap,) = uses(p, "CAP_SETPCAP", status)
     assert setpcap["call_site"] == "cap_capset" and setpcap["syscall"] == "capset"
     assert ("CAP_SETPCAP" in required(p)) == (status == "required")
+
+
+@pytest.mark.parametrize("setuid_root", [True, False])
+def test_what_a_setuid_program_gets_from_its_own_bit_is_not_the_services_need(tmp_path, setuid_root):
+    """A service running as nobody runs a setuid-root chown: the kernel grants CAP_CHOWN to the
+    program's own euid 0, not to the service, so the unit must not grant it (issue 8, item 4).
+    The same program without the bit needs the service's (ambient) CAP_CHOWN: required."""
+    place = tempfile.mkdtemp(prefix="capprobe-test-suid-", dir="/srv")
+    try:
+        os.chmod(place, 0o755)  # nobody must reach the program; /tmp's pytest dirs are 0700
+        program, victim = os.path.join(place, "chown-copy"), os.path.join(place, "f")
+        shutil.copy("/usr/bin/chown", program)
+        os.chmod(program, 0o4755 if setuid_root else 0o755)
+        open(victim, "w").close()
+        r = capprobe("run", "-q", "--no-unit", "--user", "nobody", "-o", str(tmp_path / "p.json"), "--",
+                     program, "65534", victim)
+        assert r.returncode == 0, r.stderr
+        assert os.stat(victim).st_uid == 65534
+        p = load(tmp_path / "p.json")
+        chown = [u for u in p["capabilities"]["uses"] if u["capability"] == "CAP_CHOWN" and u["exe"] == program]
+        assert chown, p["capabilities"]["uses"]
+        if setuid_root:
+            assert "CAP_CHOWN" not in required(p)
+            assert all(u["status"] == "advisory" and "setuid-root" in u["why_not_required"] for u in chown)
+        else:
+            assert "CAP_CHOWN" in required(p)
+    finally:
+        shutil.rmtree(place, ignore_errors=True)

@@ -125,8 +125,17 @@ class CapabilityRecorder:
             self.stop()
             self.drain(final=True)
             self.aggregator.finish()
-            return self.aggregator.section(self.method, self.stats)
+            return self.aggregator.section(self.method, self.stats, self_privileged_executables(profile))
         return inferred_section(profile, self.reason_off)
+
+
+def self_privileged_executables(profile: dict) -> frozenset[str]:
+    """Programs that ran with more privilege than the service had: setuid-root or with file
+    capabilities, exec'd by a service that did not start as root. (As root they change nothing.)"""
+    if profile["run"]["user"].get("uid") == 0:
+        return frozenset()
+    return frozenset(ex["path"] for ex in profile.get("executables", [])
+                     if (ex.get("setuid") and ex.get("owner") == 0) or ex.get("file_caps"))
 
 
 def inferred_section(profile: dict, why: str | None) -> dict:

@@ -83,12 +83,22 @@ class CapabilityUseAggregator:
             if target:
                 agg.paths.add(target)
 
-    def section(self, method: str, probe_stats=None) -> dict:
-        """The "capabilities" section: required set, every distinct use, losses."""
+    def section(self, method: str, probe_stats=None, self_privileged_exes: frozenset[str] = frozenset()) -> dict:
+        """The "capabilities" section: required set, every distinct use, losses.
+
+        SELF_PRIVILEGED_EXES: setuid-root or file-capability programs the unprivileged service
+        ran. What the kernel granted them came from their own bits, not from the service's
+        capabilities, so it does not make the unit grant anything (issue 8: not unless proven).
+        """
         uses = []
         needs = []
         for key, agg in sorted(self._uses.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[1].first_seen)):
             status, cap, call_site, syscall, reason, alternatives, exe, why = key
+            if status == STATUS_REQUIRED and exe in self_privileged_exes:
+                status, why = STATUS_ADVISORY, (
+                    f"granted to {exe.rsplit('/', 1)[-1]} by its own setuid-root bit or file capabilities, "
+                    "not by the service's capabilities (it keeps them under NoNewPrivileges=no with this "
+                    "capability in the bounding set); not granted by the unit unless confirmed")
             row = {
                 "capability": cap, "status": status, "method": method, "count": agg.count,
                 "exe": exe, "pid": agg.pid, "syscall": syscall, "call_site": call_site or None,
