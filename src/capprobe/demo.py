@@ -47,7 +47,9 @@ def run_demo(output: Path | None) -> int:
         port = _free_privileged_port()
         command = [_python(), str(service), "--config", str(config), "--port", str(port)]
         click.echo(f"capprobe demo: profiling the example service: {' '.join(command)}", err=True)
-        result = run_session(RunOptions(command=command, duration=60), status=lambda m: None)
+        # no --duration: the example ends by itself once it has answered its own health check,
+        # and a run that stops before its --duration is reported as a failed one
+        result = run_session(RunOptions(command=command), status=lambda m: None)
         dest = output or work / "notes_service.profile.json"
         save_profile(result.profile, dest, force=output is None)
         click.echo(render_summary(result.profile))
