@@ -158,8 +158,12 @@ def work():
 
 def run_workload(work: Path, *args: str, run_opts=()) -> tuple[dict, str]:
     out = work / "p.json"
+    # the program runs from WORK: a checkout under /tmp would otherwise be a /tmp file the
+    # service reads but did not create, which is sharing /tmp (PrivateTmp=no) for real
+    program = work / "write_tests.py"
+    shutil.copyfile(WORKLOAD, program)
     r = capprobe("run", "--duration", "2", *run_opts, "-o", str(out), "--unit", "wt", "--",
-                 SYSTEM_PYTHON, WORKLOAD, *args)
+                 SYSTEM_PYTHON, str(program), *args)
     assert r.returncode == 0, r.stderr
     return load(out), (work / "wt.service").read_text()
 
