@@ -56,6 +56,7 @@ HOST_KERNEL = ""
 SLOW = 1.0   # qemu tier (software emulation): waits are multiplied by it
 EMULATED_DURATION = 120   # qemu tier: --duration is an upper bound, the exerciser ends the run
 methods: list[dict] = []
+BOOT_OWNERS: dict[str, str] = {}   # the packages' directories as booted, before any generated unit ran
 BPF_FRAMEWORK = False   # systemd built with it enforces SocketBindAllow=/Deny=
 README_INSTALL = ""     # the README's install line, verbatim (vm-tests/run extracts it)
 
@@ -444,6 +445,8 @@ class Workload:
     run_user: str | None = None   # `capprobe run --user`
     duration: float | None = None
     run_options: list[str] = []   # more `capprobe run` options (e.g. --exercise)
+    nspawn_only = ""              # why the qemu tier skips it (INFO line)
+    package_paths: list[str] = []  # the package's own directories: the generated unit must not re-own them
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -567,7 +570,7 @@ class Workload:
     def answers(self) -> tuple[bool, str]:   # daemons with a lifecycle check: does it answer now?
         raise NotImplementedError
 
-    def lifecycle(self) -> None:
+    def lifecycle(self, record=check) -> bool:
         """Issue 9: the generated unit of a daemon answers, survives a reload, stops cleanly."""
         unit = f"{self.unit}.service"
         ok, detail = False, ""
@@ -575,11 +578,12 @@ class Workload:
             ok, detail = True, self.answers()[1]
         else:
             detail = self.answers()[1]
-        if not check(self.name, "answers under the unit", ok, detail):
+        if not record(self.name, "answers under the unit", ok, detail):
             say(self.journal())
+            return False   # reload and stop are checked on a unit that came up
         text = (Path("/etc/systemd/system") / unit).read_text()
         reload = unit_values(text, "ExecReload")
-        check(self.name, "the unit has ExecReload= (from the profiled --exercise reload)", bool(reload),
+        record(self.name, "the unit has ExecReload= (from the profiled --exercise reload)", bool(reload),
               " ".join(reload or ["absent"]))
         pid = sh(["systemctl", "show", "-p", "MainPID", "--value", unit]).stdout.strip()
         r = sh(["systemctl", "reload", unit], timeout=60)
@@ -587,7 +591,7 @@ class Workload:
         state = sh(["systemctl", "is-active", unit]).stdout.strip()
         pid_after = sh(["systemctl", "show", "-p", "MainPID", "--value", unit]).stdout.strip()
         ok = wait_for(lambda: self.answers()[0], 10)
-        if not check(self.name, "survives systemctl reload (still active, same main pid, answering)",
+        if not record(self.name, "survives systemctl reload (still active, same main pid, answering)",
                      r.returncode == 0 and state == "active" and pid == pid_after and ok,
                      f"reload exit {r.returncode} {r.stderr.strip()[-200:]}; {state}; MainPID {pid} -> {pid_after}; "
                      f"{self.answers()[1]}"):
@@ -595,15 +599,17 @@ class Workload:
         r = sh(["systemctl", "stop", unit], timeout=90)
         props = dict(line.split("=", 1) for line in
                      sh(["systemctl", "show", "-p", "Result,ActiveState,ExecMainStatus", unit]).stdout.split())
-        if not check(self.name, "systemctl stop ends it cleanly (Result=success, inactive)",
-                     r.returncode == 0 and props.get("Result") == "success" and props.get("ActiveState") == "inactive",
-                     " ".join(f"{k}={v}" for k, v in sorted(props.items()))):
+        if not record(self.name, "systemctl stop ends it cleanly (Result=success, inactive)",
+                      r.returncode == 0 and props.get("Result") == "success" and props.get("ActiveState") == "inactive",
+                      " ".join(f"{k}={v}" for k, v in sorted(props.items()))):
             say(self.journal())
+        return True
 
-    def package_unit_still_works(self, service: str, paths: list[str], before: dict[str, str]) -> None:
-        """Issue 9: the generated unit re-owned nothing of the package's; the package's unit still works."""
-        after = owners(paths)
-        check(self.name, f"owners unchanged by the generated unit ({', '.join(paths)})", after == before,
+    def package_unit_still_works(self, service: str) -> None:
+        """Issue 9: the generated units re-owned nothing of the package's; the package's unit still works."""
+        paths = self.package_paths
+        before, after = {p: BOOT_OWNERS[p] for p in paths}, owners(paths)
+        check(self.name, f"owners as booted, after the generated units ran ({', '.join(paths)})", after == before,
               "; ".join(f"{p} {before[p]}" + (f" -> {after[p]}" if after[p] != before[p] else "") for p in paths))
         r = sh(["systemctl", "start", service], timeout=90)
         ok = r.returncode == 0 and wait_for(lambda: self.answers()[0], 10)
@@ -624,6 +630,9 @@ class Workload:
 
     def run(self) -> None:
         say(f"=== {self.name}")
+        if TIER == "qemu" and self.nspawn_only:
+            info(self.name, f"nspawn tier only: {self.nspawn_only}")
+            return
         t0 = time.monotonic()
         try:
             self.prepare()
@@ -652,17 +661,14 @@ class Workload:
             say(f"  ({self.name}: {time.monotonic() - t0:.1f} s)")
 
 
+UNTIMED = "not yet run under emulation (added with issues 9 and 13; its waits are not measured under TCG)"
+
+
 RELOAD = ["--exercise", "kill -HUP $MAINPID"]   # a reload while profiled: the unit gets ExecReload=
 
 
 class Nginx(Workload):
-    """nginx-light: the master stays root, its workers drop to www-data."""
     name, unit, duration = "nginx", "vt-nginx", 5
-    run_options = RELOAD
-    package_paths = ["/var/lib/nginx", "/var/log/nginx", "/run"]
-
-    def prepare(self):
-        self.before = owners(self.package_paths)
 
     def command(self):
         return ["/usr/sbin/nginx", "-g", "daemon off;"]
@@ -678,13 +684,29 @@ class Nginx(Workload):
         return code == "200", f"HTTP {code}"
 
     def works(self):
+        wait_for(lambda: port_open(80), 10)
+        ok, detail = self.answers()
+        if not check(self.name, "serves HTTP 200 under the unit", ok, detail):
+            say(self.journal())
+
+
+class NginxReload(Nginx):
+    """Issue 9: nginx profiled with a reload (its master stays root, workers drop to www-data);
+    the unit answers, survives a reload, stops cleanly; the package's nginx.service still works."""
+    nspawn_only = UNTIMED
+    name, unit = "nginx-reload", "vt-nginx-reload"
+    run_options = RELOAD
+    package_paths = ["/var/lib/nginx", "/var/log/nginx", "/run"]
+
+    def works(self):
         self.lifecycle()
-        self.package_unit_still_works("nginx.service", self.package_paths, self.before)
+        self.package_unit_still_works("nginx.service")
 
 
 class Dnsmasq(Workload):
     """dnsmasq: starts as root, drops to dnsmasq, writes its pid file in /run/dnsmasq (dnsmasq's,
     from the package's tmpfiles.d); answers DNS on 127.0.0.1:5354 from a local record."""
+    nspawn_only = UNTIMED
     name, unit, duration = "dnsmasq", "vt-dnsmasq", 5
     run_options = RELOAD
     port, record, address = 5354, "vt.test", "192.0.2.1"
@@ -694,7 +716,6 @@ class Dnsmasq(Workload):
         # the package's unit (below) answers the same record on port 53
         Path("/etc/dnsmasq.d/vt.conf").write_text(
             f"listen-address=127.0.0.1\nbind-interfaces\nno-resolv\naddress=/{self.record}/{self.address}\n")
-        self.before = owners(self.package_paths)
 
     def command(self):
         return ["/usr/sbin/dnsmasq", "-k", "--conf-file=/dev/null", f"--port={self.port}",
@@ -723,13 +744,33 @@ class Dnsmasq(Workload):
         check(self.name, "wrote its pid file as dnsmasq under the unit",
               written == pid and owners([str(pidfile)])[str(pidfile)].startswith("dnsmasq:"),
               f"{pidfile}: {written} ({owners([str(pidfile)])[str(pidfile)]}), MainPID {pid}")
-        self.lifecycle()
-        self.package_unit_still_works("dnsmasq.service", self.package_paths, self.before)
+        if not self.lifecycle() and "pidfile" in self.journal() and "Permission denied" in self.journal():
+            self.diagnose_dac_override()
+        self.package_unit_still_works("dnsmasq.service")
 
-    def package_unit_still_works(self, service, paths, before):
+    def diagnose_dac_override(self):
+        """Diagnostic only (never counted): root creates the pid file in dnsmasq's 0755 directory
+        before it drops, which needs CAP_DAC_OVERRIDE; the kernel probe records it, the inferred
+        profile of this tier does not. And ExecReload='s kill runs as root in the same bounding set,
+        while the main process is dnsmasq's: signalling another uid needs CAP_KILL (the --exercise
+        reload ran outside the sandbox). With both added, does everything else hold?"""
+        dropin = Path("/etc/systemd/system") / f"{self.unit}.service.d" / "vt-diagnostic.conf"
+        dropin.parent.mkdir(exist_ok=True)
+        dropin.write_text("[Service]\nCapabilityBoundingSet=CAP_DAC_OVERRIDE CAP_KILL\n")   # adds to the unit's set
+        try:
+            sh(["systemctl", "daemon-reload"])
+            sh(["systemctl", "reset-failed", f"{self.unit}.service"])
+            sh(["systemctl", "start", f"{self.unit}.service"], timeout=90)
+            self.lifecycle(lambda wl, name, good, detail="": info(
+                wl, f"[diagnostic, unit + CAP_DAC_OVERRIDE CAP_KILL] {'ok' if good else 'NOT ok'}: {name} -- {detail}") or good)
+        finally:
+            shutil.rmtree(dropin.parent)
+            sh(["systemctl", "daemon-reload"])
+
+    def package_unit_still_works(self, service):
         self.port_saved, self.port = self.port, 53
         try:
-            super().package_unit_still_works(service, paths, before)
+            super().package_unit_still_works(service)
         finally:
             self.port = self.port_saved
 
@@ -990,11 +1031,17 @@ class Arctic(Workload):
 class WriteTest(Workload):
     """Issue 13: tests/workloads/write_tests.py tests a permission at start and never uses it;
     the generated unit must still pass that test under systemd (it exits 1 when it fails)."""
+    nspawn_only = UNTIMED
     duration = 3
 
     def prepare(self):
         shutil.copy2(VT / "workloads" / "write_tests.py", LIB / "write_tests.py")
         os.chmod(LIB / "write_tests.py", 0o755)
+
+    def exercise(self):
+        log = WORK / self.name / "capprobe-run.log"
+        return wait_for(lambda: "ready" in log.read_text() or self.proc.poll() is not None, 30) \
+            and self.proc.poll() is None
 
     def works(self):
         time.sleep(2 * SLOW)   # the test comes first thing: a failed one has ended the unit by now
@@ -1040,6 +1087,7 @@ class WriteTestTmp(WriteTest):
 class Kresd(Workload):
     """knot-resolver's kresd as knot-resolver, given its rundir /var/lib/knot-resolver: it tests
     access(rundir, W_OK) at start and writes nothing there (cache and control socket elsewhere)."""
+    nspawn_only = UNTIMED
     name, unit, duration, run_user = "kresd", "vt-kresd", 3, "knot-resolver"
     rundir, port, base = "/var/lib/knot-resolver", 5399, Path("/srv/vt-kr")
 
@@ -1055,6 +1103,10 @@ class Kresd(Workload):
 
     def command(self):
         return ["/usr/sbin/kresd", "-n", "-c", str(self.base / "kresd.conf"), self.rundir]
+
+    def exercise(self):
+        return wait_for(lambda: dns_answer(self.port, "vt.test") is not None or self.proc.poll() is not None, 30) \
+            and self.proc.poll() is None
 
     def works(self):
         # no upstream here: any DNS reply (SERVFAIL included) shows it is up and serving
@@ -1221,7 +1273,7 @@ class ReadmeInstall(Workload):
         say(f"  ({self.name}: {time.monotonic() - t0:.1f} s)")
 
 
-WORKLOADS = {w.name: w for w in (Nginx, Dnsmasq, Caddy, Dness, Restic, ResticRestore, Arctic,
+WORKLOADS = {w.name: w for w in (Nginx, Caddy, Dness, Restic, ResticRestore, Arctic, NginxReload, Dnsmasq,
                                    WriteTestRundir, WriteTestTmp, Kresd, Tighten, ReadmeInstall)}
 
 
@@ -1229,6 +1281,7 @@ def environment() -> None:
     """Facts about the guest worth recording, and what every workload shares."""
     for d in (WORK, LIB, PROBE_OUT):
         d.mkdir(parents=True, exist_ok=True)
+    BOOT_OWNERS.update(owners([path for w in WORKLOADS.values() for path in w.package_paths]))
     os.chmod(LIB, 0o755)
     (LIB / "probe.py").write_text(PROBE_SOURCE)
     for d in (OPEN_DIR, HOME_OPEN):
