@@ -533,3 +533,121 @@ def test_chmod_of_a_file_the_user_does_not_own_needs_fowner_and_own_files_do_not
     assert [(r["status"], r["rule"]) for r in fowner] == [("inferred", "fowner-chmod-foreign-file")]
     assert "/srv/r/key" in fowner[0]["reason"] and "4242" in fowner[0]["reason"]
     assert inferred_required_set(records) == ["CAP_FOWNER"]
+
+
+# --- DAC: root on another user's files (modes at the end of the run) ------------
+
+def dnsmasq_pid_file(dir_mode="0755", dir_uid=112, dir_gid=112, write_uids=(None,), **extra) -> dict:
+    """dnsmasq as root creates its pid file in /run/dnsmasq, a directory of user dnsmasq."""
+    return {"path": "/run/dnsmasq/dnsmasq.pid", "ops": {"create": use(), "write": use()},
+            "write_uids": list(write_uids), "stat": {"type": "file", "mode": "0644", "uid": 0, "gid": 0},
+            "dir_stat": {"type": "dir", "mode": dir_mode, "uid": dir_uid, "gid": dir_gid}, **extra}
+
+
+def dropping_to(uid: int) -> list[dict]:
+    return [{"pid": 10, "ppid": None, "exe": EXE, "first_seen": 0.0,
+             "identity_changes": [{"call": "setresuid", "args": f"{uid}, {uid}, {uid}", "result": 0,
+                                   "time": 2.0}]}]
+
+
+def test_root_creating_in_another_users_0755_directory_needs_dac_override():
+    record = only(infer_capabilities(profile(files=[dnsmasq_pid_file()])))
+    assert (record["capability"], record["status"], record["rule"]) == \
+        ("CAP_DAC_OVERRIDE", "inferred", "dac-override-write")
+    assert "/run/dnsmasq/dnsmasq.pid" in record["reason"] and "uid 112" in record["reason"]
+    assert "0755" in record["reason"] and "end of the run" in record["reason"]
+
+
+def test_root_testing_w_ok_on_another_users_0750_directory_before_dropping_needs_dac_override():
+    # The collector hands a test done as root to the uid the process switches to: write_uids [null, 998].
+    state = {"path": "/var/lib/vt-wt", "ops": {"write_test": use()}, "write_uids": [None, 998],
+             "stat": {"type": "dir", "mode": "0750", "uid": 998, "gid": 998}}
+    records = infer_capabilities(profile(files=[state], processes=dropping_to(998)))
+    dac = [r for r in records if r["capability"] == "CAP_DAC_OVERRIDE"]
+    assert [(r["status"], r["rule"]) for r in dac] == [("inferred", "dac-override-write")]
+    assert "/var/lib/vt-wt" in dac[0]["reason"]
+
+
+@pytest.mark.parametrize("entry", [
+    dnsmasq_pid_file(dir_uid=0, dir_gid=0),                         # root's own 0755 directory
+    dnsmasq_pid_file(dir_mode="0777"),                              # writable by everyone
+    dnsmasq_pid_file(dir_mode="0770", dir_gid=0),                   # root's group may write
+    dnsmasq_pid_file(write_uids=(112,)),                            # the dropped user created it
+    {**dnsmasq_pid_file(), "dir_stat": {"missing": True}},           # no stat recorded
+    {"path": "/srv/own", "ops": {"write": use()}, "write_uids": [None],
+     "stat": {"type": "file", "mode": "0644", "uid": 0, "gid": 0}},  # root writes root's file
+    {"path": "/proc/sys/vm/overcommit_memory", "ops": {"write": use()}, "write_uids": [None],
+     "stat": {"type": "file", "mode": "0444", "uid": 0, "gid": 0}},  # /proc is not mode-checked
+])
+def test_root_on_files_its_modes_allow_needs_no_dac_override(entry):
+    assert [r for r in infer_capabilities(profile(files=[entry])) if r["rule"].startswith("dac-")] == []
+
+
+def test_a_non_root_user_writing_a_file_it_cannot_is_not_judged():
+    entry = dnsmasq_pid_file(write_uids=(None,))
+    assert infer_capabilities(profile(uid=1000, gid=1000, files=[entry])) == []
+
+
+def test_root_reading_another_users_0600_file_needs_dac_read_search_unless_it_dropped():
+    key = {"path": "/srv/key", "ops": {"read": use()}, "stat": {"type": "file", "mode": "0600", "uid": 4242, "gid": 4242}}
+    record = only(infer_capabilities(profile(files=[key])))
+    assert (record["capability"], record["rule"]) == ("CAP_DAC_READ_SEARCH", "dac-read-search")
+    assert "/srv/key" in record["reason"] and "0600" in record["reason"]
+    # After a drop to uid 4242 the read may have been the owner's: reads keep no uid.
+    assert [r for r in infer_capabilities(profile(files=[key], processes=dropping_to(4242)))
+            if r["capability"] == "CAP_DAC_READ_SEARCH"] == []
+
+
+def test_directory_chowned_after_the_create_makes_it_only_possible():
+    run_dir = {"path": "/run/dnsmasq", "ops": {"chown": use(first_seen=5.0)}, "owners": ["112:112"],
+               "stat": {"type": "dir", "mode": "0755", "uid": 112, "gid": 112}}
+    records = [r for r in infer_capabilities(profile(files=[dnsmasq_pid_file(), run_dir]))
+               if r["capability"] == "CAP_DAC_OVERRIDE"]
+    assert [r["status"] for r in records] == ["possible"]
+    assert "chown after it" in records[0]["reason"]
+
+
+def test_root_refused_creating_in_another_users_directory_is_denied():
+    entry = dnsmasq_pid_file()
+    entry["ops"], entry["failed"] = {}, [use(op="create", errno="EACCES")]
+    assert [(r["capability"], r["status"]) for r in infer_capabilities(profile(files=[entry]))] == \
+        [("CAP_DAC_OVERRIDE", "denied")]
+
+
+ROOT_ON_NOBODYS_DIRECTORIES = """
+import os, sys
+run = os.path.join(sys.argv[1], "run")
+os.mkdir(run); os.chown(run, 65534, 65534); os.chmod(run, 0o755)
+with open(os.path.join(run, "app.pid"), "w") as pid_file:
+    pid_file.write("1\\n")
+state = os.path.join(sys.argv[1], "state")
+os.mkdir(state); os.chown(state, 65534, 65534); os.chmod(state, 0o750)
+sys.exit(0 if os.access(state, os.W_OK) else 3)
+"""
+
+
+@real_program
+def test_real_inference_agrees_with_the_tracepoint_on_dac_override(tmp_path):
+    """Root creates a file in nobody's 0755 directory and tests W_OK on nobody's 0750 one."""
+    profiles = {}
+    for probe in ("off", "tracefs"):
+        workdir = tmp_path / probe
+        workdir.mkdir()
+        out = tmp_path / f"{probe}.json"
+        done = capprobe("run", "-q", "--force", "--cap-probe", probe, "-o", str(out), "--",
+                        SYSTEM_PYTHON, "-c", ROOT_ON_NOBODYS_DIRECTORIES, str(workdir))
+        assert out.exists(), done.stderr
+        profiles[probe] = load(out)
+    if profiles["tracefs"]["capabilities"].get("method") != "tracefs":
+        pytest.skip(f"the tracefs capability probe did not run: {profiles['tracefs']['capabilities']}")
+    kernel = {t for u in profiles["tracefs"]["capabilities"]["uses"]
+              if u["capability"] == "CAP_DAC_OVERRIDE" and u["status"] == "required"
+              for t in u.get("targets") or []}
+    assert kernel == {str(tmp_path / "tracefs" / "run" / "app.pid"), str(tmp_path / "tracefs" / "state")}
+    inferred = profiles["off"]["capabilities"]
+    assert inferred["method"] == "inferred"
+    dac = [u for u in inferred["uses"] if u["capability"] == "CAP_DAC_OVERRIDE" and u["status"] == "inferred"]
+    assert {u["evidence"] for u in dac} == {f"create {tmp_path / 'off' / 'run' / 'app.pid'} -> ok",
+                                           f"write_test {tmp_path / 'off' / 'state'} -> ok"}
+    assert "CAP_DAC_OVERRIDE" in profiles["tracefs"]["capabilities"]["required"]
+    assert inferred["required"] == profiles["tracefs"]["capabilities"]["required"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import posixpath
 import re
 import string
 from typing import Callable, Iterable, Iterator
@@ -92,6 +93,83 @@ def _file_facts(profile: dict) -> Iterator[dict]:
             yield {"path": path, "op": failure.get("op"), "errno": failure.get("errno"),
                    "count": failure.get("count", 1), "by": failure.get("by", []), "errno_known": True,
                    **ownership}
+
+
+# What an op asks of which inode (fs/namei.c): creating or removing an entry needs write
+# and search on the directory (may_create/may_delete), writing or testing W_OK needs write
+# on the path, reading needs read.  The access names are what the table's rules match.
+_ENTRY_OPS = frozenset({"create", "mkdir", "mknod", "symlink", "link", "rename_to",
+                        "rename_from", "delete", "rmdir"})
+_DAC_NEEDS = {**{op: ("directory", "write", 0o3) for op in _ENTRY_OPS},
+              "write": ("file", "write", 0o2), "truncate": ("file", "write", 0o2),
+              "write_test": ("file", "write", 0o2), "read": ("file", "read", 0o4)}
+# Permission on these is not the mode bits (net_ctl_permissions, sysfs attributes, /proc/PID gone).
+_NOT_MODE_CHECKED = ("/proc/", "/sys/")
+_OWNER_CHANGING_OPS = ("chown", "chmod")
+
+
+def _mode_bits_for_root(st: dict, groups: set[int]) -> int | None:
+    """rwx bits (0-7) the class root falls in (owner, group, other) grants; None without a stat."""
+    try:
+        mode = int(st["mode"], 8)
+        if st["uid"] == 0:
+            return (mode >> 6) & 7
+        return (mode >> 3) & 7 if st.get("gid") in groups else mode & 7
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _root_all_along(profile: dict) -> bool:
+    """The run started as root and no process switched its uid away from root."""
+    if _running_user(profile)[0] != 0:
+        return False
+    for process in profile.get("processes") or []:
+        for change in process.get("identity_changes") or []:
+            if change.get("call") in ("setuid", "setreuid", "setresuid") and change.get("result") == 0:
+                ids = (_parse_id(a) for a in (change.get("args") or "").split(","))
+                if any(i not in (None, 0, _UNCHANGED_ID) for i in ids):
+                    return False
+    return True
+
+
+def _dac_facts(profile: dict) -> Iterator[dict]:
+    """One fact per op root did on a path whose owner and mode (at the end of the run) deny root.
+
+    Root passes generic_permission() on another user's inode only through CAP_DAC_OVERRIDE
+    (CAP_DAC_READ_SEARCH for reads).  Root did a write if the path's write_uids hold the
+    uid 0 (null: the uid the run started as); reads and refused ops keep no uid, so they
+    count only when the whole run stayed root.
+    """
+    run_uid, _run_gid, groups = _running_user(profile)
+    all_root = _root_all_along(profile)
+    entries = {e.get("path"): e for e in profile.get("files") or []}
+    for path, entry in entries.items():
+        if not path or path.startswith(_NOT_MODE_CHECKED):
+            continue
+        write_uids = entry.get("write_uids")
+        root_wrote = all_root if write_uids is None else (0 in write_uids or (None in write_uids and run_uid == 0))
+        observed = [(op, use, None, root_wrote if op != "read" else all_root)
+                    for op, use in (entry.get("ops") or {}).items()]
+        observed += [(f.get("op"), f, f.get("errno"), all_root) for f in entry.get("failed") or []]
+        for op, use, errno, by_root in observed:
+            if op not in _DAC_NEEDS or not by_root:
+                continue
+            target_kind, access, wanted = _DAC_NEEDS[op]
+            target = posixpath.dirname(path) if target_kind == "directory" else path
+            st = entry.get("dir_stat" if target_kind == "directory" else "stat") or {}
+            bits = _mode_bits_for_root(st, groups)
+            if bits is None or bits & wanted == wanted:
+                continue
+            # The owner or mode seen at the end may not be the one the op met.
+            target_ops = (entries.get(target) or {}).get("ops") or {}
+            changed_later = [o for o in _OWNER_CHANGING_OPS
+                             if (target_ops.get(o) or {}).get("first_seen", 0) > (use.get("first_seen") or 0)]
+            yield {"path": path, "op": op, "access": access, "target": target,
+                   "target_uid": st.get("uid"), "target_mode": st.get("mode"),
+                   "errno": errno, "count": use.get("count", 1), "by": use.get("by", []),
+                   "errno_known": True,
+                   "uncertain": f"{target} had {' and '.join(changed_later)} after it: its owner or mode then may differ"
+                   if changed_later else ""}
 
 
 def _parse_id(text: str) -> int | None:
@@ -265,6 +343,7 @@ _FACT_READERS: dict[str, Callable[[dict], Iterable[dict]]] = {
     "chown": _chown_facts,
     "behaviour": _behaviour_facts,
     "identity": _identity_facts,
+    "dac": _dac_facts,
 }
 
 
