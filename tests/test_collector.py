@@ -176,8 +176,22 @@ def test_process_table_stays_bounded_past_the_cap():
         c.feed_line(f"{child} 1.3 [231] exit_group(0) = ?")
         c.feed_line(f"{child} 1.3 +++ exited with 0 +++")
     assert len(c.procs) <= MAX_PROCESSES + MAX_EXITED_KEPT
-    assert sum(len(p.recent) for p in c.procs.values()) <= 64 * (MAX_EXITED_KEPT + 1)
+    assert sum(len(e) for p in c.procs.values() for e in p.recent.values()) <= 64 * (MAX_EXITED_KEPT + 1)
     s = c.sections()
     assert len(s["processes"]) == MAX_PROCESSES
     assert s["processes_not_listed"] == {"/bin/true": 20000 - MAX_PROCESSES + 1}
     assert not [b for b in s["behaviour"] if b["kind"] == "read_other_process"]
+
+
+def test_a_late_capability_check_still_finds_its_setsockopt_after_many_other_calls():
+    """The probe's reader delivers a check up to a poll interval late; by then a busy process has
+    made hundreds of calls. sd_notify's SO_SNDBUFFORCE must still be found (openvpn got a required
+    CAP_NET_ADMIN when one window for all syscalls had already dropped it)."""
+    c = FactCollector(b"/")
+    c.feed_line('7 1.000000 socket(AF_UNIX, SOCK_DGRAM|SOCK_CLOEXEC, 0) = 3<socket:[1]>')
+    c.feed_line('7 1.000100 setsockopt(3<socket:[1]>, SOL_SOCKET, SO_SNDBUF, [8388608], 4) = 0')
+    c.feed_line('7 1.000200 setsockopt(3<socket:[1]>, SOL_SOCKET, SO_SNDBUFFORCE, [8388608], 4) = 0')
+    for i in range(500):
+        c.feed_line(f'7 {1.001 + i / 1e5:.6f} getpid() = 7')
+    assert c.operand_at(7, 1.000250, "setsockopt") == "SO_SNDBUFFORCE"
+    assert c.operand_at(7, 1.000150, "setsockopt") == "SO_SNDBUF"

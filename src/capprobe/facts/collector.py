@@ -25,6 +25,7 @@ MAX_SIGNALS_KEPT = 64  # reload/reopen signals delivered to the target, in order
 # A daemon that forks per request would otherwise grow the process table without
 # bound; past this many pids, new processes are only counted by executable.
 MAX_PROCESSES = 5000
+RECENT_PER_NAME = 8
 # An exited process's recent syscalls (~20 KB) are dropped, and past that cap the process
 # itself; the last few exited are kept whole so a capability check the kernel probe
 # delivers late still finds its executable and file.
@@ -83,9 +84,14 @@ class Proc:
     recorded: bool = True
     initial_exe: bytes | None = None  # inherited at fork, before any execve
     euid: int | None = None  # after the process's own setuid calls; None = the uid the run started as
-    # (entry time, syscall, operand) of recent path/address syscalls: lets a kernel
-    # capability check find the file or port it was about.
-    recent: deque = field(default_factory=lambda: deque(maxlen=64))
+    # syscall name -> its last RECENT_PER_NAME (entry time, operand): lets a kernel capability
+    # check find the file, address or option of its syscall. Kept per name, so a check that
+    # reaches capprobe late (the probe's reader polls) still finds its setsockopt after the
+    # process made hundreds of other calls since (one window for all names lost them).
+    recent: dict = field(default_factory=dict)
+
+    def remember(self, ts: float, name: str, operand) -> None:
+        self.recent.setdefault(name, deque(maxlen=RECENT_PER_NAME)).append((ts, operand))
 
 
 class FactCollector:
@@ -180,14 +186,16 @@ class FactCollector:
         proc = self.procs.get(pid)
         if proc is None or syscall is None:
             return None
-        for entry_ts, name, operand in reversed(proc.recent):
-            if entry_ts <= ts and _same_syscall(name, syscall):
-                if isinstance(operand, Syscall):
-                    found = self._lazy_operand(proc, operand)
-                    if found is None:
-                        continue  # an explicit operand of the same call may follow
-                    return found
+        candidates = [(entry_ts, order, operand) for name, entries in proc.recent.items()
+                      if _same_syscall(name, syscall)
+                      for order, (entry_ts, operand) in enumerate(entries) if entry_ts <= ts]
+        # latest first; of one call, the explicit operand a handler added after the raw event
+        for _, _, operand in sorted(candidates, key=lambda c: (c[0], c[1]), reverse=True):
+            if not isinstance(operand, Syscall):
                 return operand
+            found = self._lazy_operand(proc, operand)
+            if found is not None:
+                return found  # else an explicit operand of the same call may follow
         return None
 
     def _lazy_operand(self, proc: Proc, ev: Syscall) -> str | None:
@@ -291,7 +299,7 @@ class FactCollector:
         proc.last_ts = ev.ts
         self._current = ev
         # every syscall, operand worked out only if a capability check asks (cheap here)
-        proc.recent.append((ev.ts, ev.name, ev))
+        proc.remember(ev.ts, ev.name, ev)
         if self._before_root_exec and pid == self.root_pid:
             if ev.name not in ("execve", "execveat") or ev.ret != 0:
                 return
@@ -330,7 +338,7 @@ class FactCollector:
                 return
         cur = self._current
         if cur is not None and cur.pid == proc.pid:
-            proc.recent.append((cur.ts, cur.name, encode_path(path)))
+            proc.remember(cur.ts, cur.name, encode_path(path))
         rec = self.files.get(path)
         if rec is None:
             rec = self.files[path] = {"ops": {}, "failed": {}}
@@ -685,8 +693,8 @@ class FactCollector:
                addr.get("port"), ev.errno or "")
         self._bump(self.binds, key, proc, ev.ts)
         port = addr.get("port")
-        proc.recent.append((ev.ts, ev.name, f"{addr.get('addr', '')}:{port}" if port is not None
-                            else addr.get("addr", "")))
+        proc.remember(ev.ts, ev.name, f"{addr.get('addr', '')}:{port}" if port is not None
+                      else addr.get("addr", ""))
 
     def h_listen(self, ev: Syscall, proc: Proc) -> None:
         annot = annotation(split_args(ev.args)[0]) or ""
@@ -758,8 +766,8 @@ class FactCollector:
         ops = netlink.decode_netlink_send(protocol, ev.name, ev.args)
         changing = [op for op in ops if op.changes_state]
         if changing:
-            proc.recent.append((ev.ts, ev.name, " ".join(
-                sorted({f"{op.op}{' ' + op.detail if op.detail else ''}" for op in changing}))))
+            proc.remember(ev.ts, ev.name, " ".join(
+                sorted({f"{op.op}{' ' + op.detail if op.detail else ''}" for op in changing})))
         for op in ops:
             key = (op.protocol, op.op, op.detail, ev.errno or "")
             entry = self._bump(self.netlink, key, proc, ev.ts)
@@ -771,7 +779,7 @@ class FactCollector:
         level = first_symbol(args[1]) or args[1]
         opt = first_symbol(args[2]) or args[2]
         self._bump(self.sockopts, (level, opt, ev.errno or ""), proc, ev.ts)
-        proc.recent.append((ev.ts, ev.name, opt))
+        proc.remember(ev.ts, ev.name, opt)
 
     def h_ioctl(self, ev: Syscall, proc: Proc) -> None:
         args = split_args(ev.args)
@@ -784,7 +792,7 @@ class FactCollector:
         request = first_symbol(args[1]) or args[1]
         path = encode_path(device_path)
         self._bump(self.ioctls, (path, request, ev.errno or ""), proc, ev.ts)
-        proc.recent.append((ev.ts, ev.name, f"{request} {path}"))
+        proc.remember(ev.ts, ev.name, f"{request} {path}")
 
     # -- behaviour that decides hardening directives ------------------------
 
