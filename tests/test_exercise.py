@@ -95,6 +95,29 @@ def test_a_reload_the_target_did_not_survive_gives_no_exec_reload(tmp_path):
     assert "killed by SIGHUP" in r.stderr
 
 
+@needs_systemd
+def test_reload_of_a_main_process_that_left_root_runs_with_full_privileges(tmp_path):
+    """dnsmasq's main process drops to its own user: a reload inside the unit's bounding set (no
+    CAP_KILL) fails with "kill: Operation not permitted" (vm-tests), so the unit uses "+"."""
+    drops = ("import os, signal, time; signal.signal(signal.SIGHUP, lambda *a: None); "
+             "signal.signal(signal.SIGTERM, lambda *a: os._exit(0)); "
+             "os.setgid(65534); os.setuid(65534)\nwhile True: time.sleep(0.1)")
+    r = capprobe("run", "--duration", "4", "--exercise", "kill -HUP $MAINPID", "-o", str(tmp_path / "p.json"),
+                 "--", SYSTEM_PYTHON, "-c", drops)
+    assert r.returncode == 0, r.stderr
+    p = load(tmp_path / "p.json")
+    assert p["run"]["exercises"][0]["target_alive_after"] is True
+    unit = (tmp_path / "python3.service").read_text()
+    (reload,) = [line for line in unit.splitlines() if line.startswith("ExecReload=")]
+    assert reload == 'ExecReload=+/bin/sh -c "kill -HUP $$MAINPID"'
+    assert "switched to uid 65534" in unit
+    with unit_file("ExecStart=/bin/true\n" + reload + "\n") as path:
+        assert systemd_verify(path) == (0, "")
+        dump = systemd_dump_unit(path)
+    # systemd stored "/bin/sh" as the executable: the "+" was taken as a prefix, not part of the path
+    assert b'\t\t\tCommand Line: /bin/sh -c "kill -HUP \\$\\$MAINPID"' in dump
+
+
 def test_exec_reload_needs_survival():
     run = {"main_pid": 7, "exercises": [{"command": "kill -HUP $MAINPID", "at": 1.0, "exit": 0,
                                          "signals_to_target": [{"signal": "SIGHUP", "pid": 7}]}]}

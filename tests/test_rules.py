@@ -172,6 +172,56 @@ def test_read_write_paths_collapse_files_and_directories():
     assert got["StateDirectory"] == (b"svc",) and got["LogsDirectory"] == (b"svc",)
 
 
+def _dir(uid, gid, mode):
+    return {"type": "dir", "dev": 1, "ino": 2, "mode": mode, "uid": uid, "gid": gid}
+
+
+def test_existing_directory_a_managed_directive_would_change_is_only_opened():
+    """vm-tests, issue 9: LogsDirectory= re-owned Debian's /var/log/nginx (root:adm) to root:root."""
+    conf = f("/etc/svc.conf", "write")  # written outside managed directories: a root unit
+    log = f("/var/log/nginx/error.log", "create", "write", dir_stat=_dir(0, 4, "0755"))
+    got = decide(filesystem.read_write_paths, profile(files=[conf, log]))
+    assert "LogsDirectory" not in got
+    assert got["ReadWritePaths"] == (b"/etc/svc.conf", b"/var/log/nginx")  # it exists: no "-"
+    (comment,) = [d.comment for d in filesystem.read_write_paths(RuleContext(profile(files=[conf, log]),
+                                                                             UnitOptions())) if d.key == "ReadWritePaths"]
+    assert "existing /var/log/nginx is root:adm; LogsDirectory= would re-own it to root:root" in comment
+    # the same directory as systemd would leave it: the *Directory= stays
+    log["dir_stat"] = _dir(0, 0, "0755")
+    assert decide(filesystem.read_write_paths, profile(files=[conf, log]))["LogsDirectory"] == (b"nginx",)
+
+
+def test_managed_directory_mode_is_the_existing_one_or_the_directory_is_only_opened():
+    """vm-tests: StateDirectory= widened knot-resolver's 0750 /var/lib/knot-resolver to 0755."""
+    kept = f("/var/lib/svc", "write_test", stat=_dir(65534, 65534, "0750"))
+    got = decide(filesystem.read_write_paths, profile(files=[kept]), user="nobody")
+    assert got["StateDirectory"] == (b"svc",) and got["StateDirectoryMode"] == ("0750",)
+    assert "ReadWritePaths" not in got
+    # two existing state directories disagree on the mode: the default, and the other is only opened
+    other = f("/var/lib/svc2", "write_test", stat=_dir(65534, 65534, "0700"))
+    got = decide(filesystem.read_write_paths, profile(files=[kept, other]), user="nobody")
+    assert "StateDirectoryMode" not in got and "StateDirectory" not in got
+    assert got["ReadWritePaths"] == (b"/var/lib/svc", b"/var/lib/svc2")
+    # another user's directory, for a unit running as nobody: opened, never re-owned
+    root_owned = f("/var/lib/svc", "write_test", stat=_dir(0, 0, "0755"))
+    got = decide(filesystem.read_write_paths, profile(files=[root_owned]), user="nobody")
+    assert "StateDirectory" not in got and got["ReadWritePaths"] == (b"/var/lib/svc",)
+    # DynamicUser=: systemd manages its private directories itself, as before
+    got = decide(filesystem.read_write_paths, profile(files=[root_owned]), dynamic_user=True)
+    assert got["StateDirectory"] == (b"svc",) and "StateDirectoryMode" not in got
+
+
+def test_exec_reload_runs_with_full_privileges_when_the_main_process_left_the_units_uid():
+    run = {"main_pid": 1, "exercises": [{"command": "kill -HUP $MAINPID", "at": 1.0, "exit": 0,
+                                         "signals_to_target": [{"signal": "SIGHUP", "pid": 1}],
+                                         "target_alive_after": True}]}
+    p = profile()
+    p["run"].update(run)
+    assert decide(process.exec_reload, p)["ExecReload"][0] == "/bin/sh"
+    p["processes"][0]["identity_changes"] = [{"call": "setresuid", "args": "-1, 997, -1", "result": 0}]
+    assert decide(process.exec_reload, p)["ExecReload"] == ("+/bin/sh", "-c", b"kill -HUP $MAINPID")
+
+
 def test_nested_entries_keep_the_outermost_and_hostile_paths_widen():
     p = profile(files=[f("/srv/a/b/c", "create"), f("/srv/a/x", "mkdir"),
                        f("/srv/ev\nil/f", "write")])

@@ -369,14 +369,23 @@ def _render_exec_executable(raw: bytes) -> tuple[str, bool] | None:
 
 def _render_exec_command(key: str, argv: tuple) -> str | None:
     first = argv[0]
+    prefix = ""
     if isinstance(first, str):
         _check_vocabulary_word(key, first)
-        first = first.encode()
+        # A rule's own word may carry systemd 252's prefixes (config_parse_exec: "@-:+!"; "+" runs
+        # the command with full privileges), kept as such; trace data never gets one.
+        path = first.lstrip("@-:+!")
+        prefix, first = first[:len(first) - len(path)], path.encode()
+        if len(set(prefix)) != len(prefix) or ("+" in prefix and "!" in prefix):
+            raise ValueError(f"{key}=: {prefix!r} is not a valid prefix")
     executable = _render_exec_executable(bytes(first))
     if executable is None:
         return None
     word, no_env_expand = executable
-    words = [word]
+    if no_env_expand and ":" in prefix:
+        word = word[1:]  # the ":" is already among the prefixes
+    no_env_expand = no_env_expand or ":" in prefix
+    words = [prefix + word]
     for arg in argv[1:]:
         if isinstance(arg, str):
             _check_vocabulary_word(key, arg)

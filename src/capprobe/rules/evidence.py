@@ -263,15 +263,73 @@ def foreign_writer(ctx: RuleContext, entry: dict) -> int | None:
     return others[0] if others else None
 
 
-def foreign_managed_roots(ctx: RuleContext) -> set[bytes]:
-    """Directories systemd could manage (/var/lib/NAME...) that a root unit must only open: a
-    root-started daemon wrote in them as its own user, or they already belong to another user
-    (Debian's /var/lib/NAME). A *Directory= would make them root's."""
+DEFAULT_DIRECTORY_MODE = "0755"  # systemd's *DirectoryMode= when the unit sets none
+
+
+def _owner_text(uid: int, gid: int) -> str:
+    try:
+        group = grp.getgrgid(gid).gr_name
+    except KeyError:
+        group = str(gid)
+    return f"{_user_name(uid)}:{group}"
+
+
+def _unit_owner(ctx: RuleContext) -> tuple[tuple[int, int] | None, str]:
+    """((uid, gid) or None when the setup script has yet to create them, "user:group") that a
+    *Directory= of this unit gives its directory: root's for a root unit, else User='s and Group='s."""
+    if identity_choice(ctx)[0] == "root":
+        return (0, 0), "root:root"
+    user, group = service_user(ctx)
+    try:
+        return (pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid), f"{user}:{group}"
+    except KeyError:
+        return None, f"{user}:{group}"
+
+
+def managed_directory_plan(ctx: RuleContext) -> tuple[dict[bytes, str], dict[str, str]]:
+    """({root: why} of the directories systemd could manage (/var/lib/NAME...) that the unit only
+    opens with ReadWritePaths=, {directive: mode} for the *DirectoryMode= lines).
+
+    A *Directory= makes an existing directory the unit's user's and group's (recursively, unless
+    the top is already theirs) and sets *DirectoryMode= on it (default 0755; systemd 252
+    setup_exec_directory). So it is written only for a directory that is missing, that the
+    service made itself, or that it would leave exactly as it is; one mode per directive, the one
+    all such directories agree on. Also opened only: where a root-started daemon wrote as its own
+    user (it must stay that user's). With DynamicUser= systemd manages private directories itself."""
     def compute():
-        if identity_choice(ctx)[0] != "root":
-            return set()
+        if identity_choice(ctx)[0] == "dynamic":
+            return {}, {}
         stats = recorded_stats(ctx)
-        roots = {managed_root(p, f["ops"]) for p, f in written_files(ctx)} - {None}
-        return {managed_root(p, f["ops"]) for p, f in written_files(ctx) if foreign_writer(ctx, f) is not None} \
-            - {None} | {r for r in roots if stats.get(r, {}).get("uid", 0) != 0}
-    return ctx.memo("foreign_roots", compute)
+        created = created_paths(ctx)
+        opened: dict[bytes, str] = {}
+        existing: dict[bytes, tuple[str, dict]] = {}
+        for p, f in written_files(ctx):
+            m = managed_directory(p, f["ops"])
+            if m is None:
+                continue
+            root = managed_root(p, f["ops"])
+            writer = foreign_writer(ctx, f)
+            if writer is not None:
+                opened.setdefault(root, f"written by uid {writer} after leaving root ({m[0]}= would make it root's)")
+            st = stats.get(root) or {}
+            if st.get("type") == "dir" and "uid" in st and root not in created:
+                existing[root] = (m[0], st)
+        owner, owner_text = _unit_owner(ctx)
+        modes: dict[str, str] = {}
+        for directive in {d for d, _ in existing.values()}:
+            agreed = {st["mode"] for d, st in existing.values() if d == directive and (st["uid"], st["gid"]) == owner}
+            modes[directive] = agreed.pop() if len(agreed) == 1 else DEFAULT_DIRECTORY_MODE
+        for root, (directive, st) in sorted(existing.items()):
+            if (st["uid"], st["gid"]) != owner:
+                opened.setdefault(root, f"existing {show(root)} is {_owner_text(st['uid'], st['gid'])}; {directive}= "
+                                        f"would re-own it to {owner_text}")
+            elif st["mode"] != modes[directive]:
+                opened.setdefault(root, f"existing {show(root)} has mode {st['mode']}; {directive}= would change it to "
+                                        f"{modes[directive]} (the mode of the others)")
+        return opened, {d: m for d, m in modes.items() if m != DEFAULT_DIRECTORY_MODE}
+    return ctx.memo("managed_directory_plan", compute)
+
+
+def opened_managed_roots(ctx: RuleContext) -> dict[bytes, str]:
+    """{root: why} of the directories systemd could manage that the unit must only open."""
+    return managed_directory_plan(ctx)[0]

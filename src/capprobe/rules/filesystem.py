@@ -9,8 +9,9 @@ from ..facts.collector import WRITE_NEED_OPS, WRITE_TEST
 from ..paths import decode_path
 from ..render.quoting import render_value
 from .base import Directive, RuleContext
-from .evidence import (API_FILESYSTEMS, ENTRY_OPS, HOME_DIRS, TMP_DIRS, created_paths, foreign_managed_roots,
-                       foreign_writer, managed_directory, managed_root, short_exes, show, under, written_files)
+from .evidence import (API_FILESYSTEMS, ENTRY_OPS, HOME_DIRS, TMP_DIRS, created_paths, managed_directory,
+                       managed_directory_plan, managed_root, opened_managed_roots, short_exes, show, under,
+                       written_files)
 from .registry import rule
 
 # Sensitive places no service should see unless it used them ("-": fine if missing).
@@ -92,13 +93,10 @@ def read_write_plan(ctx: RuleContext) -> tuple[dict[bytes, list[str]], dict[str,
             why = _need_evidence(p, f, ops)
             m = managed_directory(p, ops)
             root = managed_root(p, ops)
-            if root in foreign_managed_roots(ctx):
-                # A root-started daemon wrote here as its own user: a *Directory= would make the
-                # directory root's (and re-own an existing one, e.g. Debian's /var/lib/NAME), so the
-                # unit only opens it and the setup script's tmpfiles.d lines own what it writes.
-                writer = foreign_writer(ctx, f)
-                paths.setdefault(root, []).append(why + (f", for uid {writer} after leaving root ({m[0]}= would "
-                                                         "make it root's)" if writer is not None else ""))
+            if root in opened_managed_roots(ctx):
+                # A *Directory= would change its owner or mode (managed_directory_plan): the unit
+                # only opens it, and the setup script's tmpfiles.d lines own what it writes.
+                paths.setdefault(root, []).append(f"{why} ({opened_managed_roots(ctx)[root]})")
                 continue
             if m is not None:
                 managed.setdefault(m[0], {}).setdefault(m[1], []).append(why)
@@ -230,9 +228,13 @@ def protect_system(ctx: RuleContext):
 @rule("filesystem")
 def read_write_paths(ctx: RuleContext):
     paths, managed, notes = read_write_plan(ctx)
+    modes = managed_directory_plan(ctx)[1]
     for directive, names in sorted(managed.items()):
         for name, why in sorted(names.items()):
             yield Directive(directive, (name,), f"{why[0]}" + (f" (+{len(why) - 1} more)" if len(why) > 1 else ""))
+        if directive in modes:
+            yield Directive(f"{directive}Mode", (modes[directive],),
+                            "the mode the existing directories have: systemd sets it on them (default 0755)")
     if paths:
         evidence = "; ".join(f"{show(p)}: {w[0]}" + (f" (+{len(w) - 1} more)" if len(w) > 1 else "")
                              for p, w in paths.items())
@@ -254,8 +256,9 @@ def optional_paths(ctx: RuleContext, paths) -> list[bytes]:
     stats = {decode_path(f["path"]): f.get("stat") or {} for f in ctx.profile["files"]}
     out = []
     for p in paths:
+        # /run is emptied at boot: a directory there the unit only opens may be missing at its start
         unsure = (p in created or under(p, HOME_DIRS) or stats.get(p, {}).get("missing")
-                  or p in foreign_managed_roots(ctx))
+                  or (p in opened_managed_roots(ctx) and under(p, (b"/run/",))))
         if unsure and expressible(p):
             out.append(p)
     return out

@@ -22,7 +22,7 @@ from ..paths import decode_path
 from ..validate import ownership_refusal
 from .base import RuleContext
 from .evidence import (API_FILESYSTEMS, DIRECTORY_OPS, OWNERSHIP_CAPS, OWNERSHIP_MAX_PATHS, TMP_DIRS, created_paths,
-                       foreign_managed_roots, foreign_writer, identity_choice, kernel_required_capabilities,
+                       opened_managed_roots, foreign_writer, identity_choice, kernel_required_capabilities,
                        managed_directory, managed_root, recorded_stats, service_user, show, under, written_files)
 
 MAX_GRANTS = 200  # past this many paths, ownership is a decision for the operator, not a list
@@ -84,7 +84,7 @@ def _write_targets(ctx: RuleContext) -> list[tuple[str, bytes, str, dict]]:
         ops = set(f["ops"]) & WRITE_NEED_OPS  # a directory tested writable is owned like one written
         if under(p, API_FILESYSTEMS) or under(p, TMP_DIRS):
             continue
-        if managed_directory(p, ops) is not None and managed_root(p, ops) not in foreign_managed_roots(ctx):
+        if managed_directory(p, ops) is not None and managed_root(p, ops) not in opened_managed_roots(ctx):
             continue  # StateDirectory= and friends: systemd gives it to the unit's user
         why = f"{','.join(sorted(ops))} by the service"
         if "mkdir" in ops:
@@ -245,14 +245,14 @@ def ownership_plan(ctx: RuleContext) -> OwnershipPlan:
             consider(kind, path, mode, user, group, why if foreign_writer(ctx, f) is None
                      else f"{why} as {user}, after the daemon left root")
 
-        for root in sorted(foreign_managed_roots(ctx)):
+        for root in sorted(opened_managed_roots(ctx)):
             st = stats.get(root) or {}
             if st.get("uid") not in (None, 0) and st.get("type") == "dir":
-                # already the daemon's user's (Debian's /run/NAME): the same on a fresh host, and
-                # never re-owned to root by a *Directory=
+                # already a user's (Debian's /run/NAME): the same on a fresh host, and never
+                # re-owned by a *Directory=
                 user = _user_name(st["uid"])
                 consider("d", root, st["mode"], user, _group_name(st["gid"]),
-                         f"the daemon's own directory, {user}'s: not a *Directory= of a root unit")
+                         f"the daemon's own directory, {user}'s: no *Directory= re-owns it")
 
         secrets: list[bytes] = []
         if identity_choice(ctx)[0] == "user":
@@ -314,7 +314,7 @@ def ownership_alternative(ctx: RuleContext) -> tuple[list[str], list[bytes]]:
                         return [], []
                     raw = decode_path(t)
                     root = managed_root(raw, ops)
-                    if root is not None and root not in foreign_managed_roots(ctx):
+                    if root is not None and root not in opened_managed_roots(ctx):
                         # e.g. root testing or writing Debian's /var/lib/NAME before the unit runs as NAME
                         given_by_systemd.add(root)
                         continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 
+from ..facts.collector import _EUID_ARGUMENT
 from ..paths import decode_path, display_path
 from ..render.quoting import render_value
 from .base import Directive, RuleContext
@@ -53,11 +54,32 @@ def exec_reload(ctx: RuleContext):
             # The shell's own kill: /bin/kill (procps) is missing from minimal systems (203/EXEC,
             # measured in the vm-tests rootfs). systemd sets $MAINPID in a control process's
             # environment; "$$" keeps it from expanding it first.
-            yield Directive("ExecReload", ("/bin/sh", "-c", b"kill -HUP $MAINPID"),
+            uid = _main_process_uid_change(ctx)
+            # A main process that left the unit's uid can only be signalled with CAP_KILL, which the
+            # bounding set lacks ("kill: Operation not permitted", dnsmasq in vm-tests): "+" runs
+            # this one fixed command with full privileges, outside the sandbox.
+            shell = "+/bin/sh" if uid is not None else "/bin/sh"
+            yield Directive("ExecReload", (shell, "-c", b"kill -HUP $MAINPID"),
                             f"--exercise {exercise['command']!r} sent SIGHUP to the main process "
-                            f"{exercise.get('at') or 0:.1f} s into the run, and it was still running afterwards",
+                            f"{exercise.get('at') or 0:.1f} s into the run, and it was still running afterwards"
+                            + (f"; '+': the main process switched to uid {uid}, and signalling it needs CAP_KILL"
+                               if uid is not None else ""),
                             hardening=False)
             return
+
+
+def _main_process_uid_change(ctx: RuleContext) -> int | None:
+    """The uid the main process ($MAINPID) switched to itself, or None when it kept the unit's."""
+    run = ctx.profile["run"]
+    start = run.get("user", {}).get("uid", 0)
+    main = next((p for p in ctx.profile.get("processes", []) if p["pid"] == run.get("main_pid")), None)
+    uids = []
+    for change in (main or {}).get("identity_changes", []):
+        position = _EUID_ARGUMENT.get(change["call"])
+        args = [a.strip() for a in change.get("args", "").split(",")]
+        if position is not None and change.get("result") == 0 and len(args) > position and args[position].isdigit():
+            uids.append(int(args[position]))
+    return uids[-1] if uids and uids[-1] != start else None
 
 
 @rule("process")
