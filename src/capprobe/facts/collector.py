@@ -25,7 +25,8 @@ MAX_SIGNALS_KEPT = 64  # reload/reopen signals delivered to the target, in order
 # A daemon that forks per request would otherwise grow the process table without
 # bound; past this many pids, new processes are only counted by executable.
 MAX_PROCESSES = 5000
-RECENT_PER_NAME = 8
+RECENT_SYSCALLS = 64
+RECENT_PER_NAME = 4
 # An exited process's recent syscalls (~20 KB) are dropped, and past that cap the process
 # itself; the last few exited are kept whole so a capability check the kernel probe
 # delivers late still finds its executable and file.
@@ -84,14 +85,21 @@ class Proc:
     recorded: bool = True
     initial_exe: bytes | None = None  # inherited at fork, before any execve
     euid: int | None = None  # after the process's own setuid calls; None = the uid the run started as
-    # syscall name -> its last RECENT_PER_NAME (entry time, operand): lets a kernel capability
-    # check find the file, address or option of its syscall. Kept per name, so a check that
-    # reaches capprobe late (the probe's reader polls) still finds its setsockopt after the
-    # process made hundreds of other calls since (one window for all names lost them).
-    recent: dict = field(default_factory=dict)
+    # (entry time, syscall, operand) of the latest syscalls: lets a kernel capability check
+    # find the file, address or option it was about.
+    recent: deque = field(default_factory=lambda: deque(maxlen=RECENT_SYSCALLS))
+    # and the last few of each syscall name: a check that reaches capprobe late (the probe's
+    # reader polls) still finds its setsockopt after hundreds of other calls (openvpn's second
+    # SO_SNDBUFFORCE had left the window and became a required CAP_NET_ADMIN)
+    recent_by_name: dict = field(default_factory=dict)
 
     def remember(self, ts: float, name: str, operand) -> None:
-        self.recent.setdefault(name, deque(maxlen=RECENT_PER_NAME)).append((ts, operand))
+        self.recent.append((ts, name, operand))
+        self.recent_by_name.setdefault(name, deque(maxlen=RECENT_PER_NAME)).append((ts, operand))
+
+    def forget_recent(self) -> None:
+        self.recent.clear()
+        self.recent_by_name.clear()
 
 
 class FactCollector:
@@ -186,11 +194,19 @@ class FactCollector:
         proc = self.procs.get(pid)
         if proc is None or syscall is None:
             return None
-        candidates = [(entry_ts, order, operand) for name, entries in proc.recent.items()
-                      if _same_syscall(name, syscall)
-                      for order, (entry_ts, operand) in enumerate(entries) if entry_ts <= ts]
-        # latest first; of one call, the explicit operand a handler added after the raw event
-        for _, _, operand in sorted(candidates, key=lambda c: (c[0], c[1]), reverse=True):
+        window = (operand for entry_ts, name, operand in reversed(proc.recent)
+                  if entry_ts <= ts and _same_syscall(name, syscall))
+        found = self._first_operand(proc, window)
+        if found is None:  # gone from the window: the last few calls of that name
+            older = sorted(((entry_ts, order, operand) for name, entries in proc.recent_by_name.items()
+                            if _same_syscall(name, syscall)
+                            for order, (entry_ts, operand) in enumerate(entries) if entry_ts <= ts),
+                           key=lambda c: (c[0], c[1]), reverse=True)  # of one call, the explicit operand first
+            found = self._first_operand(proc, (operand for _, _, operand in older))
+        return found
+
+    def _first_operand(self, proc: Proc, operands) -> str | None:
+        for operand in operands:
             if not isinstance(operand, Syscall):
                 return operand
             found = self._lazy_operand(proc, operand)
@@ -283,7 +299,7 @@ class FactCollector:
             if proc is None:
                 continue
             if proc.recorded or old == self.root_pid:
-                proc.recent.clear()
+                proc.forget_recent()
             else:  # a pid reused since is made anew on its next line
                 del self.procs[old]
 
