@@ -464,7 +464,7 @@ class FactCollector:
             proc.cwd[0] = path
 
     def h_identity(self, ev: Syscall, proc: Proc) -> None:
-        euid = _new_euid(ev) if ev.ret == 0 else None
+        euid = euid_set_by(ev.name, ev.args) if ev.ret == 0 else None
         if euid is not None:
             proc.euid = euid
             if euid:
@@ -889,13 +889,13 @@ _SYSCALL_FAMILIES = [
 _EUID_ARGUMENT = {"setuid": 0, "setreuid": 1, "setresuid": 1}
 
 
-def _new_euid(ev: Syscall) -> int | None:
-    position = _EUID_ARGUMENT.get(ev.name)
+def euid_set_by(call: str, args_text: str) -> int | None:
+    """The effective uid a successful CALL with these (strace) arguments sets, or None."""
+    position = _EUID_ARGUMENT.get(call)
     if position is None:
         return None
-    args = split_args(ev.args)
-    uid = int(args[position]) if len(args) > position and args[position].strip().isdigit() else -1
-    return None if uid < 0 else uid
+    args = split_args(args_text)
+    return int(args[position]) if len(args) > position and args[position].strip().isdigit() else None
 
 
 _DIRFD_FIRST = {"newfstatat", "statx", "faccessat", "faccessat2", "openat", "openat2", "readlinkat",

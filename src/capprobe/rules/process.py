@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 
-from ..facts.collector import _EUID_ARGUMENT
+from ..facts.collector import euid_set_by
 from ..paths import decode_path, display_path
 from ..render.quoting import render_value
 from .base import Directive, RuleContext
@@ -73,12 +73,8 @@ def _main_process_uid_change(ctx: RuleContext) -> int | None:
     run = ctx.profile["run"]
     start = run.get("user", {}).get("uid", 0)
     main = next((p for p in ctx.profile.get("processes", []) if p["pid"] == run.get("main_pid")), None)
-    uids = []
-    for change in (main or {}).get("identity_changes", []):
-        position = _EUID_ARGUMENT.get(change["call"])
-        args = [a.strip() for a in change.get("args", "").split(",")]
-        if position is not None and change.get("result") == 0 and len(args) > position and args[position].isdigit():
-            uids.append(int(args[position]))
+    uids = [uid for change in (main or {}).get("identity_changes", []) if change.get("result") == 0
+            for uid in [euid_set_by(change["call"], change.get("args", ""))] if uid is not None]
     return uids[-1] if uids and uids[-1] != start else None
 
 
