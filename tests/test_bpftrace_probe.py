@@ -23,13 +23,11 @@ from conftest import HeldChild
 
 from capprobe.events import bpftrace_records
 from capprobe.events.bpftrace_records import Mark, parse_lines
-from capprobe.events.tracefs_records import CapCheck
 from capprobe.events.tracefs_records import parse_lines as parse_tracefs_lines
 from capprobe.facts.capabilities import ADVISORY, classify, partition_uses
 from capprobe.tracing import bpftrace as bt
-from capprobe.tracing.bpftrace import (
-    BpftraceCapabilityProbe, ProbeUnavailable, bpftrace_available, script_path,
-)
+from capprobe.tracing.bpftrace import BpftraceCapabilityProbe, bpftrace_available, script_path
+from capprobe.tracing.probe import CapCheck, ProbeUnavailable
 
 PYTHON = "/usr/bin/python3"  # not the pyenv shim: it spawns bash scripts
 

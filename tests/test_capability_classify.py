@@ -3,11 +3,11 @@
 import pytest
 
 from capprobe.capabilities import CAP_NAMES, cap_name, cap_number
-from capprobe.events.tracefs_records import CapCheck
 from capprobe.facts.capabilities import (
     ADVISORY, REQUIRED, CapabilityUse, classify, load_callsite_tables, minimal_capability_set,
     normalize_frame, partition_uses, syscall_from_stack,
 )
+from capprobe.tracing.probe import CapCheck
 
 TRACE_HEAD = ("trace_event_raw_event_cap_capable", "cap_capable", "security_capable")
 

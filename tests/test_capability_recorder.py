@@ -8,7 +8,7 @@ import capprobe.session  # noqa: F401 - imported before the fork below: nobody c
 import capprobe.tracing.bpftrace  # noqa: F401
 from capprobe.capability_recorder import CapabilityRecorder
 from capprobe.session import SessionError
-from capprobe.tracing.tracefs import ProbeStats
+from capprobe.tracing.probe import ProbeStats
 
 
 def _start_as_nobody(mode):

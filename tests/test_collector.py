@@ -1,15 +1,19 @@
-"""Events -> facts on recorded strace output (pure: no process is started)."""
+"""strace text -> typed facts -> the profile's tables (pure: no process is started)."""
 
-from capprobe.facts.collector import FactCollector, parse_sockaddr
+from capprobe.events.facts import Exec, Exited, FileOp, Forked, Opened, SockAddr, SyscallSeen
+from capprobe.facts.collector import FactCollector
+from capprobe.facts.decode import StraceDecoder, collect_strace, parse_sockaddr
 
 from conftest import RECORDED
 
 
 def collect(lines, cwd=b"/", **kw) -> dict:
-    c = FactCollector(cwd, **kw)
-    for line in lines:
-        c.feed_line(line)
-    return c.sections()
+    return collect_strace(lines, cwd, **kw).sections()
+
+
+def strace_collector(cwd=b"/") -> tuple[FactCollector, StraceDecoder]:
+    collector = FactCollector()
+    return collector, StraceDecoder(collector, cwd)
 
 
 def ops(sections, path):
@@ -123,10 +127,10 @@ def test_arguments_a_handler_cannot_read_are_kept_as_examples():
 
 
 def test_parse_sockaddr_unix_abstract_and_inet6():
-    assert parse_sockaddr('{sa_family=0x1 /* AF_UNIX */, sun_path=@"x\\0y"}') == {"family": "AF_UNIX", "addr": "@x\x00y"}
+    assert parse_sockaddr('{sa_family=0x1 /* AF_UNIX */, sun_path=@"x\\0y"}') == SockAddr("AF_UNIX", "@x\x00y")
     assert parse_sockaddr('{sa_family=0xa /* AF_INET6 */, sin6_port="\\x00\\x50" /* htons(80) */, '
-                          'sin6_flowinfo=0, inet_pton(AF_INET6, "::", &sin6_addr), sin6_scope_id=0}') == {
-        "family": "AF_INET6", "port": 80, "addr": "::"}
+                          'sin6_flowinfo=0, inet_pton(AF_INET6, "::", &sin6_addr), sin6_scope_id=0}') == \
+        SockAddr("AF_INET6", "::", 80)
 
 
 def test_docker_socket_is_flagged_root_equivalent():
@@ -142,40 +146,39 @@ def test_docker_socket_is_flagged_root_equivalent():
 def test_forged_ioctl_line_is_counted_not_raised():
     # A device annotation with no path before it (a line a target can forge into the
     # trace): h_ioctl used to call encode_path(None) and end the session with exit 70.
-    c = FactCollector(b"/")
-    c.feed_line('60 1.0 [ 16] ioctl(3<x<char 10:200>>, TUNSETIFF, 0x1) = 0')
-    c.feed_line('60 1.1 [ 16] ioctl(3</dev/net/tun<char 10:200>>, TUNSETIFF, 0x1) = 0')
+    c = collect_strace(['60 1.0 [ 16] ioctl(3<x<char 10:200>>, TUNSETIFF, 0x1) = 0',
+                        '60 1.1 [ 16] ioctl(3</dev/net/tun<char 10:200>>, TUNSETIFF, 0x1) = 0'])
     s = c.sections()
     assert c.lines == 2 and s["parser"]["unparsed"] == 0
     assert c.ioctls and all(key[0] == "/dev/net/tun" for key in c.ioctls)
 
 
 def test_any_exception_in_a_handler_is_counted_as_unparsed(monkeypatch):
-    c = FactCollector(b"/")
-    c._handlers["ioctl"] = lambda ev, proc: None.decode()  # the class of bug, whatever the handler
-    c.feed_line('61 1.0 [ 16] ioctl(3</dev/net/tun<char 10:200>>, TUNSETIFF, 0x1) = 0')
+    c, decoder = strace_collector()
+    decoder._handlers["ioctl"] = lambda ev, task: None.decode()  # the class of bug, whatever the handler
+    decoder.feed_line('61 1.0 [ 16] ioctl(3</dev/net/tun<char 10:200>>, TUNSETIFF, 0x1) = 0')
     assert c.unparsed == 1 and "ioctl arguments not understood" in c.unparsed_examples[0]
 
 
 def test_huge_numbers_in_a_line_are_unparsed_not_raised():
-    c = FactCollector(b"/")
-    c.feed_line("1" * 5000 + ' 1.0 [  2] open("/x", O_RDONLY) = 3')
-    c.feed_line('62 1.0 [  2] open("/x", O_RDONLY) = ' + "9" * 5000)
-    c.feed_line('62 1.0 [ 56] clone(child_stack=NULL, flags=' + "7" * 5000 + ') = 63')
+    c = collect_strace(["1" * 5000 + ' 1.0 [  2] open("/x", O_RDONLY) = 3',
+                        '62 1.0 [  2] open("/x", O_RDONLY) = ' + "9" * 5000,
+                        '62 1.0 [ 56] clone(child_stack=NULL, flags=' + "7" * 5000 + ') = 63'])
     assert c.lines == 3 and c.unparsed == 3
 
 
 def test_process_table_stays_bounded_past_the_cap():
     # 20,000 short-lived children of one shell: memory grew ~20 KB per process without bound
     from capprobe.facts.collector import MAX_EXITED_KEPT, MAX_PROCESSES
-    c = FactCollector(b"/")
-    c.feed_line('100 1.0 [ 59] execve("/bin/sh", ["sh"], 0x1 /* 1 vars */) = 0')
+    c, decoder = strace_collector()
+    decoder.feed_line('100 1.0 [ 59] execve("/bin/sh", ["sh"], 0x1 /* 1 vars */) = 0')
     for child in range(1000, 21000):
-        c.feed_line(f"100 1.1 [ 56] clone(child_stack=NULL, flags=SIGCHLD) = {child}")
-        c.feed_line(f'{child} 1.2 [ 59] execve("/bin/true", ["true"], 0x1 /* 1 vars */) = 0')
-        c.feed_line(f"{child} 1.3 [231] exit_group(0) = ?")
-        c.feed_line(f"{child} 1.3 +++ exited with 0 +++")
+        decoder.feed_line(f"100 1.1 [ 56] clone(child_stack=NULL, flags=SIGCHLD) = {child}")
+        decoder.feed_line(f'{child} 1.2 [ 59] execve("/bin/true", ["true"], 0x1 /* 1 vars */) = 0')
+        decoder.feed_line(f"{child} 1.3 [231] exit_group(0) = ?")
+        decoder.feed_line(f"{child} 1.3 +++ exited with 0 +++")
     assert len(c.procs) <= MAX_PROCESSES + MAX_EXITED_KEPT
+    assert len(decoder._tasks) <= MAX_EXITED_KEPT + 1  # the decoder's own per-task state too
     assert sum(len(p.recent) for p in c.procs.values()) <= 64 * (MAX_EXITED_KEPT + 1)
     s = c.sections()
     assert len(s["processes"]) == MAX_PROCESSES
@@ -187,11 +190,69 @@ def test_a_late_capability_check_still_finds_its_setsockopt_after_many_other_cal
     """The probe's reader delivers a check up to a poll interval late; by then a busy process has
     made hundreds of calls. sd_notify's SO_SNDBUFFORCE must still be found (openvpn got a required
     CAP_NET_ADMIN when one window for all syscalls had already dropped it)."""
-    c = FactCollector(b"/")
-    c.feed_line('7 1.000000 socket(AF_UNIX, SOCK_DGRAM|SOCK_CLOEXEC, 0) = 3<socket:[1]>')
-    c.feed_line('7 1.000100 setsockopt(3<socket:[1]>, SOL_SOCKET, SO_SNDBUF, [8388608], 4) = 0')
-    c.feed_line('7 1.000200 setsockopt(3<socket:[1]>, SOL_SOCKET, SO_SNDBUFFORCE, [8388608], 4) = 0')
-    for i in range(500):
-        c.feed_line(f'7 {1.001 + i / 1e5:.6f} getpid() = 7')
+    c = collect_strace([
+        '7 1.000000 socket(AF_UNIX, SOCK_DGRAM|SOCK_CLOEXEC, 0) = 3<socket:[1]>',
+        '7 1.000100 setsockopt(3<socket:[1]>, SOL_SOCKET, SO_SNDBUF, [8388608], 4) = 0',
+        '7 1.000200 setsockopt(3<socket:[1]>, SOL_SOCKET, SO_SNDBUFFORCE, [8388608], 4) = 0',
+        *(f'7 {1.001 + i / 1e5:.6f} getpid() = 7' for i in range(500))])
     assert c.operand_at(7, 1.000250, "setsockopt") == "SO_SNDBUFFORCE"
     assert c.operand_at(7, 1.000150, "setsockopt") == "SO_SNDBUF"
+
+
+def test_operands_sit_where_the_table_says_execveat_and_futimesat_relative_to_their_dirfd():
+    # execveat(dirfd, path, argv, ...) and futimesat(dirfd, path, times): the path is argument 1,
+    # relative to the directory fd at 0 (futimesat's path was read from argument 0, the dirfd)
+    s = collect([
+        '70 1.0 [ 59] execve("/bin/sh", ["sh"], 0x1 /* 1 vars */) = 0',
+        '70 1.1 [322] execveat(3</usr/lib/d>, "helper", ["helper", "-x"], 0x1 /* 1 vars */, 0) = 0',
+        '70 1.2 [261] futimesat(4</var/lib/d>, "stamp", NULL) = 0',
+    ])
+    assert s["processes"][0]["execs"][1]["path"] == "/usr/lib/d/helper"
+    assert s["processes"][0]["execs"][1]["argv"] == ["helper", "-x"]
+    assert ops(s, "/var/lib/d/stamp") == {"utime"}
+
+
+def test_a_child_made_at_clone_return_inherits_from_its_own_parent_not_another_forking_one():
+    # 80 and 81 both have a fork in flight; 81's clone returns first, before its child's first
+    # line: the child runs 81's executable (it got 80's, the last pid with a fork in flight)
+    s = collect([
+        '80 1.0 [ 59] execve("/usr/sbin/a", ["a"], 0x1 /* 1 vars */) = 0',
+        '80 1.1 [ 56] clone(child_stack=NULL, flags=SIGCHLD) = 81',
+        '81 1.2 [ 59] execve("/usr/sbin/b", ["b"], 0x1 /* 1 vars */) = 0',
+        '81 1.3 [ 56] clone(child_stack=NULL, flags=SIGCHLD <unfinished ...>',
+        '80 1.4 [ 56] clone(child_stack=NULL, flags=SIGCHLD <unfinished ...>',
+        '81 1.5 [ 56] <... clone resumed>) = 82',
+        '82 1.6 [ 83] mkdir("/run/b", 0755) = 0',
+    ])
+    assert next(f for f in s["files"] if f["path"] == "/run/b")["ops"]["mkdir"]["by"] == ["/usr/sbin/b"]
+    assert next(p for p in s["processes"] if p["pid"] == 82)["ppid"] == 81
+
+
+def test_typed_facts_from_any_backend_fold_into_the_same_tables_as_strace_text():
+    """The aggregator reads facts, not strace: the facts a kernel backend would send for these
+    calls make the same sections as the strace lines do."""
+    lines = [
+        '90 1.000000 [ 59] execve("/usr/sbin/d", ["d"], 0x1 /* 1 vars */) = 0',
+        '90 1.000100 [ 56] clone(child_stack=NULL, flags=SIGCHLD) = 91',
+        '91 1.000200 [257] openat(AT_FDCWD</>, "/var/lib/d/db", 0x42 /* O_RDWR|O_CREAT */, 0600) = 3</var/lib/d/db>',
+        '91 1.000300 [ 83] mkdir("/run/d", 0755) = -1 EACCES (Permission denied)',
+        '91 1.000400 [231] exit_group(0) = ?',
+        '91 1.000500 +++ exited with 0 +++',
+    ]
+    c = FactCollector()
+    for fact in [
+        SyscallSeen(90, 1.0, "execve", None, 0), Exec(90, 1.0, b"/usr/sbin/d", (b"d",)),
+        SyscallSeen(90, 1.0001, "clone", None, 91), Forked(90, 1.0001, 91),
+        SyscallSeen(91, 1.0002, "openat", None, 3), Opened(91, 1.0002, "openat", b"/var/lib/d/db", 0o102),
+        SyscallSeen(91, 1.0003, "mkdir", "EACCES", -1), FileOp(91, 1.0003, "mkdir", b"/run/d", "mkdir", "EACCES"),
+        SyscallSeen(91, 1.0004, "exit_group"), Exited(91, 1.0005, 0),
+    ]:
+        c.apply(fact)
+    c.lines = len(lines)  # the backend counts its records
+    assert c.sections() == collect(lines)
+    assert c.operand_at(91, 1.00025, "openat") == "/var/lib/d/db"
+
+
+def test_a_hostname_is_the_operand_of_sethostname_not_a_path_in_the_cwd():
+    c = collect_strace(['95 1.0 [170] sethostname("contract", 8) = 0'], b"/tmp")
+    assert c.operand_at(95, 1.0, "sethostname") == "contract"  # was "/tmp/contract"

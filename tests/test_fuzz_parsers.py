@@ -20,6 +20,7 @@ from capprobe.events.strace_line import StraceLineParser, Unparsed
 from capprobe.events.tracefs_records import MAX_UNPARSED_EXAMPLES, CapCheckParser
 from capprobe.facts.collector import MAX_UNPARSED_EXAMPLES as MAX_STRACE_EXAMPLES
 from capprobe.facts.collector import FactCollector
+from capprobe.facts.decode import StraceDecoder
 
 from conftest import RECORDED
 from test_bpftrace_probe import RECORDED_BIND, RECORDED_CHOWN
@@ -79,14 +80,15 @@ def report_cases():
 
 def _fold_strace(lines: list[str]) -> tuple[FactCollector, int]:
     """Feed LINES to a collector; also count the Unparsed events a bare parser makes."""
-    collector, parser = FactCollector(b"/"), StraceLineParser()
+    collector, parser = FactCollector(), StraceLineParser()
+    decoder = StraceDecoder(collector, b"/")
     unparsed = 0
     for line in lines:
         try:
             unparsed += isinstance(parser.feed(line), Unparsed)
         except Exception:  # noqa: BLE001 - the collector must count what the parser cannot read
             unparsed += 1
-        collector.feed_line(line)
+        decoder.feed_line(line)
     return collector, unparsed
 
 

@@ -14,9 +14,8 @@ from conftest import HeldChild
 
 from capprobe.facts.capabilities import ADVISORY, classify, partition_uses
 from capprobe.tracing import tracefs
-from capprobe.tracing.tracefs import (
-    INSTANCE_PREFIX, CapabilityProbe, ProbeUnavailable, ensure_tracefs,
-)
+from capprobe.tracing.probe import ProbeUnavailable
+from capprobe.tracing.tracefs import INSTANCE_PREFIX, CapabilityProbe, ensure_tracefs
 
 PYTHON = "/usr/bin/python3"  # not the pyenv shim: it spawns bash scripts
 

@@ -12,6 +12,16 @@ import queue
 from collections import deque
 
 from .facts.capability_uses import CapabilityUseAggregator
+from .tracing.bpftrace import BpftraceCapabilityProbe
+from .tracing.probe import CapabilityProbeBackend, ProbeUnavailable
+from .tracing.tracefs import CapabilityProbe
+
+# --cap-probe NAME -> backend, in the order "auto" tries them: tracefs first (this kernel's
+# cap_capable tracepoint), then bpftrace (kprobes on kernels without it), then inference
+# from the syscalls (fallback 2, in section()).
+PROBE_BACKENDS: dict[str, type[CapabilityProbeBackend]] = {
+    "tracefs": CapabilityProbe, "bpftrace": BpftraceCapabilityProbe,
+}
 
 
 class CapabilityRecorder:
@@ -37,17 +47,12 @@ class CapabilityRecorder:
         """
         if mode == "off":
             return cls(None, collector, "turned off with --cap-probe off")
-        from .tracing.bpftrace import BpftraceCapabilityProbe
-        from .tracing.tracefs import CapabilityProbe, ProbeUnavailable
-        backends = {"tracefs": CapabilityProbe, "bpftrace": BpftraceCapabilityProbe}
-        # tracefs first (this kernel's cap_capable tracepoint), then bpftrace (kprobes on
-        # kernels without it), then inference from the syscalls (fallback 2, in section()).
-        order = ["tracefs", "bpftrace"] if mode == "auto" else [mode]
+        order = list(PROBE_BACKENDS) if mode == "auto" else [mode]
         recorder = cls(None, collector, None)
         reasons = []
         for name in order:
             try:
-                probe = backends[name](launcher_pid, on_check=recorder._queue.put)
+                probe = PROBE_BACKENDS[name](launcher_pid, on_check=recorder._queue.put)
                 probe.start()
             except ProbeUnavailable as e:
                 reasons.append(f"{name}: {getattr(e, 'reason', str(e))}")
@@ -96,14 +101,22 @@ class CapabilityRecorder:
                 self._pending.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-        waiting: deque = deque()
+        waiting: list = []
         deferred_pids: set[int] = set()
-        collector = self.collector
-        for check in self._pending:
+        collector, pending = self.collector, self._pending
+        horizon = collector.last_ts  # about where the strace stream is
+        while pending:
+            check = pending[0]
             pid = check.pid
+            wall = self.probe.mono_to_wall(check.mono_ts)
+            if not final and wall > horizon:
+                # This check and the later ones (kernel order) are ahead of the parser: left as
+                # they are. A parser far behind strace (the spool) would otherwise have every
+                # drain walk all of them: 20,000 checks took 16 s instead of 0.5.
+                break
+            pending.popleft()
             if pid in self.excluded_pids:
                 continue  # capprobe's own tracer
-            wall = self.probe.mono_to_wall(check.mono_ts)
             if not final and (pid in deferred_pids or collector.last_seen(pid) < wall):
                 # strace has not yet printed this pid's later syscalls: keep kernel
                 # order per pid and wait, so the check finds its syscall and file.
@@ -113,11 +126,23 @@ class CapabilityRecorder:
             if pid == collector.root_pid and wall < collector.first_exec_time(pid):
                 continue  # strace's child before it exec'd the target
             self.aggregator.add(check, wall)
-        self._pending = waiting
+        pending.extendleft(reversed(waiting))
 
     def stop(self) -> None:
         if self.probe is not None and self.stats is None:
             self.stats = self.probe.stop()
+
+    def required_so_far(self) -> frozenset[str]:
+        """The capabilities the kernel probe found required up to now (none yet when inferred)."""
+        return self.aggregator.required_so_far() if self.aggregator is not None else frozenset()
+
+    def section_so_far(self, profile: dict) -> dict:
+        """The "capabilities" section as it stands, the probe still running (a checkpoint): a
+        denied check still waiting for its either-or alternative is not in it yet."""
+        if self.probe is None:
+            return inferred_section(profile, self.reason_off)
+        self.drain()
+        return self.aggregator.section(self.method, None, self_privileged_executables(profile))
 
     def section(self, profile: dict) -> dict:
         """The profile's "capabilities" section, from the kernel or inferred."""

@@ -23,7 +23,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from capprobe.events.tracefs_records import MAX_UNPARSED_EXAMPLES, CapCheck, frame_function
+from capprobe.events.tracefs_records import MAX_UNPARSED_EXAMPLES, frame_function
+from capprobe.tracing.probe import CapCheck
 
 _HEADER = re.compile(
     r"^CAPCHECK (?P<ns>\d{1,20}) (?P<cpu>\d{1,6}) (?P<pid>\d{1,10}) (?P<tid>\d{1,10}) (?P<cap>-?\d{1,10})"

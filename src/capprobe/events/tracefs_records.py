@@ -15,20 +15,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from capprobe.tracing.probe import CapCheck
+
 MAX_UNPARSED_EXAMPLES = 20
-
-
-@dataclass(frozen=True)
-class CapCheck:
-    """One capability check the kernel made for a traced task."""
-
-    pid: int          # thread id the kernel ran the check for (attribute by pid + time)
-    comm: str         # as printed at read time: may be stale or "<...>"
-    cpu: int
-    mono_ts: float    # CLOCK_MONOTONIC seconds when trace_clock is "mono"
-    cap: int          # kernel capability number
-    granted: bool     # ret == 0
-    stack: tuple[str, ...]  # innermost first, function names without +offset/size
 
 
 # Entry header. The comm may contain spaces and dashes, so it is matched lazily up to the

@@ -13,7 +13,7 @@ from itertools import combinations
 from typing import Callable, Iterable
 
 from capprobe.capabilities import cap_name
-from capprobe.events.tracefs_records import CapCheck
+from capprobe.tracing.probe import CapCheck
 from capprobe.probes import load_table
 
 REQUIRED = "required"

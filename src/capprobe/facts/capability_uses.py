@@ -64,6 +64,10 @@ class CapabilityUseAggregator:
         else:
             self._carried[pid] = (use, wall_ts)
 
+    def required_so_far(self) -> frozenset[str]:
+        """The capabilities found required up to now (a live status line)."""
+        return frozenset(key[1] for key in self._uses if key[0] == STATUS_REQUIRED)
+
     def finish(self) -> None:
         for use, ts in self._carried.values():
             self._fold(use, STATUS_OPTIONAL, ts)

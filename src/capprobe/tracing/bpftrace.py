@@ -36,11 +36,10 @@ from pathlib import Path
 from typing import Callable
 
 from capprobe.events.bpftrace_records import BpftraceCapParser
-from capprobe.events.tracefs_records import CapCheck
-from capprobe.tracing.tracefs import TRACEFS, CheckDelivery, ProbeStats, ProbeUnavailable
+from capprobe.tracing.probe import CapCheck, CheckDelivery, ProbeStats, ProbeUnavailable
+from capprobe.tracing.tracefs import TRACEFS
 
-__all__ = ["BpftraceCapabilityProbe", "ProbeStats", "ProbeUnavailable", "bpftrace_available",
-           "script_path", "VARIANTS"]
+__all__ = ["BpftraceCapabilityProbe", "bpftrace_available", "script_path", "VARIANTS"]
 
 VARIANTS = ("tracepoint", "kprobe")
 ATTACH_TIMEOUT_S = 60.0    # compiling with LLVM + loading; measured ~0.2-0.5 s

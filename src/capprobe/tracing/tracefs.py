@@ -18,11 +18,11 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from capprobe.events.tracefs_records import CapCheck, CapCheckParser
+from capprobe.events.tracefs_records import CapCheckParser
+from capprobe.tracing.probe import CapCheck, CheckDelivery, ProbeStats, ProbeUnavailable
 
 TRACEFS = Path("/sys/kernel/tracing")
 INSTANCE_PREFIX = "capprobe-"
@@ -30,28 +30,6 @@ EVENT = Path("events/capability/cap_capable")
 BUFFER_SIZE_KB = 4096
 POLL_INTERVAL_S = 0.1
 _INSTANCE_NAME = re.compile(r"^capprobe-(?P<owner>\d+)-[0-9a-f]+$")
-
-
-class ProbeUnavailable(RuntimeError):
-    """The capability probe cannot run here; .reason says why."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass
-class ProbeStats:
-    """What a finished probe saw besides the checks themselves."""
-
-    checks: int = 0
-    lost_events: int = 0            # capability checks the kernel recorded but we never read
-    excluded_checks: int = 0        # checks of exclude_pid() pids dropped on delivery
-    unparsed_count: int = 0
-    unparsed_examples: list[str] = field(default_factory=list)
-    orphan_stacks: int = 0
-    callback_errors: list[BaseException] = field(default_factory=list)
-    instance_left_behind: str | None = None  # rmdir kept failing (reclaimed by a later probe)
 
 
 PROC_PID_INIT_INO = 0xEFFFFFFC  # the initial pid namespace's inode number (include/linux/proc_ns.h)
@@ -199,37 +177,6 @@ def lost_checks(lost_entries: int, stackless_checks: int, orphan_stacks: int) ->
     """
     pairs, odd = divmod(max(0, lost_entries - stackless_checks - orphan_stacks), 2)
     return pairs + odd + orphan_stacks
-
-
-class CheckDelivery:
-    """What every capability probe backend shares: hand each check on, count, never lose one.
-
-    Checks of excluded pids (capprobe's own tracer) are dropped here: the kernel-side filter
-    of each backend keeps most of them out, this catches those buffered before exclusion.
-    """
-
-    stats: "ProbeStats"
-    on_check: Callable[[CapCheck], None] | None
-    checks: list[CapCheck]
-    excluded_pids: frozenset[int] = frozenset()
-
-    def exclude_pid(self, pid: int) -> None:
-        """Drop pid's checks (capprobe's own tracer); backends add a kernel-side filter."""
-        self.excluded_pids = self.excluded_pids | {pid}
-
-    def _deliver(self, checks: list[CapCheck]) -> None:
-        for check in checks:
-            if check.pid in self.excluded_pids:
-                self.stats.excluded_checks += 1
-                continue
-            self.stats.checks += 1
-            if self.on_check is None:
-                self.checks.append(check)
-                continue
-            try:
-                self.on_check(check)
-            except Exception as error:  # keep recording; report at the end
-                self.stats.callback_errors.append(error)
 
 
 class CapabilityProbe(CheckDelivery):

@@ -6,7 +6,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
-from ..facts.collector import FactCollector
+from ..facts.decode import collect_strace
 from ..rules.base import Directive
 from ..tracing.strace import STRACE_FLAGS
 from .attribute import Blame, allowed_by_filter, blame_from_status, blame_from_trace, relax_unit_text
@@ -83,11 +83,9 @@ def traced_blames(unit_text: str, name: str, duration: float, check: str | None,
     trace_dir = traced_rerun_dir(rerun_name)
     shutil.rmtree(trace_dir, ignore_errors=True)
     run_unit(traced_rerun_text(unit_text, trace_dir), rerun_name, duration, check)
-    collector = FactCollector(b"/")
     try:
         with open(os.path.join(trace_dir, "trace"), "rb") as f:
-            for raw in f:
-                collector.feed_line(raw.decode("latin-1"))
+            collector = collect_strace(raw.decode("latin-1") for raw in f)
     except OSError:
         return []
     finally:

@@ -1,6 +1,6 @@
 """Launcher: take the service's identity and capability sets, then exec the target.
 
-Run by capprobe as ``python3 -m capprobe.launch --ready FD --gate FD SPEC_JSON -- EXE ARGV...``.
+Run by capprobe as ``python3 -m capprobe.tracing.launcher --ready FD --gate FD SPEC_JSON -- EXE ARGV...``.
 It is the target's own process (the pid capprobe waits for), so the target starts the
 way the unit will start it: as the service user, with the capabilities in its ambient
 set, with systemd's signal dispositions and environment. No tracer is ever its parent.
@@ -24,6 +24,7 @@ import signal
 import sys
 
 PR_SET_KEEPCAPS = 8
+PR_SET_NO_NEW_PRIVS = 38
 PR_CAPBSET_DROP = 24
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
@@ -75,6 +76,9 @@ def _capset(mask: int, inheritable: int) -> None:
 
 def apply_spec(spec: dict) -> None:
     """Change identity and capability sets of this process as SPEC says."""
+    if spec.get("no_new_privileges"):
+        # last of all would do too: no_new_privs limits what an execve grants, not setuid() here
+        _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs")
     caps = spec.get("caps", "all")
     drop = set(spec.get("drop", []))
     if caps == "all" and spec.get("uid") is None and not drop:
@@ -129,7 +133,7 @@ def wait_for_gate(fd: int) -> bool:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 8 or argv[0] != "--ready" or argv[2] != "--gate" or argv[5] != "--":
-        print("usage: python3 -m capprobe.launch --ready FD --gate FD SPEC_JSON -- EXE ARGV...",
+        print("usage: python3 -m capprobe.tracing.launcher --ready FD --gate FD SPEC_JSON -- EXE ARGV...",
               file=sys.stderr)
         return 2
     ready, gate, spec = int(argv[1]), int(argv[3]), json.loads(argv[4])
