@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from capprobe.needs import X86_64_SYSCALL_NUMBERS, systemd_syscall_name
 from capprobe.rules.base import Directive, RuleContext, UnitOptions
-from capprobe.rules.syscalls import (DENY_CANDIDATES, X86_64_SYSCALL_NUMBERS, decide_syscall_filter,
-                                     syscall_filter, systemd_syscall_name)
+from capprobe.rules.syscalls import DENY_CANDIDATES, decide_syscall_filter, syscall_filter
 from capprobe.syscall_groups import (_from_shipped_table, expand_groups, parse_syscall_filter_output,
                                      syscall_groups, systemd_version)
 

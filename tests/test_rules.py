@@ -6,6 +6,7 @@ import copy
 
 import pytest
 
+from capprobe.needs import bind_plan
 from capprobe.rules import capabilities, devices, filesystem, identity, kernel, network, process
 from capprobe.rules.base import RuleContext, UnitOptions
 
@@ -304,7 +305,7 @@ def test_resolver_source_ports_are_not_a_listening_set():
     got = decide(network.socket_bind, p)
     # udp makes source binds: only tcp can be closed
     assert got == {"SocketBindAllow": ("tcp:53",), "SocketBindDeny": ("tcp:any",)}
-    plan = network.bind_plan(binds, listens, (32768, 60999))
+    plan = bind_plan(binds, listens, (32768, 60999))
     assert len(plan.ephemeral) == 36 and [b["port"] for b in plan.listening] == [53, 53]
     assert "36 udp source binds" in plan.unrestricted_why
 

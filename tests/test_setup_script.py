@@ -553,9 +553,8 @@ def test_ownership_allow_list(path, created, allowed):
 
 def test_the_writer_uid_follows_setuid_calls_and_forks():
     """Recorded strace lines: who wrote each file, after the process's own identity changes."""
-    from capprobe.facts.collector import FactCollector
-    c = FactCollector(b"/")
-    for line in ['100 1.0 mkdir("/run/d", 0755) = 0',
+    from capprobe.facts.decode import collect_strace
+    c = collect_strace(['100 1.0 mkdir("/run/d", 0755) = 0',
                  '100 1.1 setuid(5) = -1 EPERM (Operation not permitted)',
                  '100 1.2 mkdir("/run/d/after-failed-setuid", 0755) = 0',
                  '100 1.3 setresuid(-1, 33, -1) = 0',
@@ -563,8 +562,7 @@ def test_the_writer_uid_follows_setuid_calls_and_forks():
                  '101 1.5 mkdir("/run/d/child", 0755) = 0',
                  '101 1.6 setreuid(-1, 44) = 0',
                  '101 1.7 mkdir("/run/d/child-after", 0755) = 0',
-                 '100 1.8 mkdir("/run/d/parent", 0755) = 0']:
-        c.feed_line(line)
+                 '100 1.8 mkdir("/run/d/parent", 0755) = 0'])
     uids = {f["path"]: f["write_uids"] for f in c.sections()["files"]}
     assert uids == {"/run/d": [None], "/run/d/after-failed-setuid": [None], "/run/d/child": [33],
                     "/run/d/child-after": [44], "/run/d/parent": [33]}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from capprobe.facts.collector import FactCollector
+from capprobe.facts.decode import collect_strace
 from capprobe.rules import filesystem, identity
 from capprobe.rules.base import RuleContext, UnitOptions
 from capprobe.verify.attribute import blame_from_trace
@@ -33,10 +33,7 @@ WORKLOAD = str(WORKLOADS / "write_tests.py")
 
 
 def collect(lines) -> dict:
-    c = FactCollector(b"/")
-    for line in ['10 1.0 [ 59] execve("/usr/sbin/d", ["d"], 0x1 /* 1 vars */) = 0', *lines]:
-        c.feed_line(line)
-    return c.sections()
+    return collect_strace(['10 1.0 [ 59] execve("/usr/sbin/d", ["d"], 0x1 /* 1 vars */) = 0', *lines]).sections()
 
 
 # -- the collector: which calls are tests ---------------------------------------------------

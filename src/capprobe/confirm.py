@@ -25,11 +25,10 @@ import subprocess
 import time
 from dataclasses import dataclass, replace
 
-from .facts.collector import WRITE_OPS
+from .model import WRITE_OPS
+from .needs import DEFAULT_LOCAL_PORT_RANGE, KERNEL_METHODS, bind_plan
 from .paths import decode_path
 from .render.summary import target_failure
-from .rules.capabilities import KERNEL_METHODS
-from .rules.network import DEFAULT_LOCAL_PORT_RANGE, bind_plan
 from .session import RunOptions, run_session
 
 DENIAL_ERRNOS = ("EPERM", "EACCES")

@@ -9,7 +9,7 @@ import os
 import stat
 
 from .paths import decode_path
-from .rules.evidence import ENTRY_OPS
+from .model import ENTRY_OPS
 
 
 MAX_STAT_PATHS = 20000

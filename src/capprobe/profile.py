@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .model import Profile
 from .paths import decode_path
 
 SCHEMA = "capprobe/profile/v1"
@@ -41,10 +42,12 @@ def write_atomically(dest: Path, data: bytes, force: bool = False, mode: int = 0
         raise ProfileError(f"cannot write {dest}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
+            # by the descriptor: in a directory someone else can write, the name may
+            # already lead elsewhere (a symlink swapped in), and chmod would follow it
+            os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
         if force:
             os.replace(tmp, dest)
         else:
@@ -70,12 +73,17 @@ def load_profile(path: Path) -> dict:
     raw = _read_regular_file(path, MAX_PROFILE_BYTES)
     try:
         profile = json.loads(raw)
-    except (ValueError, RecursionError) as e:  # ValueError: bad JSON, bad UTF-8, a 5,000-digit number
+    except json.JSONDecodeError as e:
+        if raw.lstrip().startswith(b"{") and not raw.rstrip().endswith(b"}"):  # a cut-off copy
+            raise ProfileError(f"{path} is truncated (its JSON ends at byte {len(raw)}): copy it again") from None
+        raise ProfileError(f"{path} is not a capprobe profile (invalid JSON: {e})") from None
+    except (ValueError, RecursionError) as e:  # bad UTF-8, a 5,000-digit number, nesting too deep
         raise ProfileError(f"{path} is not a capprobe profile (invalid JSON: {e})") from None
     if not isinstance(profile, dict) or "schema" not in profile:
         raise ProfileError(f"{path} is not a capprobe profile (no schema field)")
     if profile["schema"] != SCHEMA:
-        raise ProfileError(f"{path} has schema {_short(profile['schema'])}; this capprobe reads {SCHEMA}")
+        raise ProfileError(f"{path} has schema {_short(profile['schema'])}; this capprobe reads {SCHEMA} "
+                           "(profile the service again with this capprobe)")
     missing = [s for s in REQUIRED_SECTIONS if s not in profile]
     if missing:
         raise ProfileError(f"{path} is a damaged profile (missing: {', '.join(missing)})")
@@ -83,6 +91,11 @@ def load_profile(path: Path) -> dict:
     if problem is not None:
         raise ProfileError(f"{path} is a damaged profile ({problem})")
     return profile
+
+
+def read_profile(path: Path) -> Profile:
+    """load_profile, as the typed read model (capprobe.model)."""
+    return Profile.from_json(load_profile(path))
 
 
 def _read_regular_file(path: Path, limit: int) -> bytes:
@@ -185,7 +198,8 @@ PROFILE_SHAPE = {
                 "listens?": [{"socket?": _OPT_STR, "errno?": _OPT_STR}], "connects": [_ADDRESS_ROW], "sends?": [_ADDRESS_ROW],
                 "accepts?": [{"socket?": _OPT_STR, "peer?": _OPT_STR}], "setsockopts": [{"level": str, "option": str, "count?": int}],
                 "netlink?": [{"protocol": str, "op": str, "detail?": _OPT_STR, "count?": int}]},
-    "behaviour?": [{"kind": str, "detail": str, "count": int, "by?": _BY}],
+    "behaviour?": [{"kind": str, "detail": str, "count": int, "by?": _BY, "call?": str, "errno?": _OPT_STR,
+                    "namespace?": _OPT_STR, "messages?": [str]}],
     "executables?": [{"path": _PATH}],
     "capabilities?": {"method?": _OPT_STR, "required?": [_CAPABILITY], "lost_events?": int,
                       "uses?": [{"capability": _CAPABILITY, "status?": str, "count?": int, "call_site?": str,
@@ -194,6 +208,8 @@ PROFILE_SHAPE = {
     "parser": {"lines": int, "unparsed": int, "unparsed_examples?": [str]},
     "complete?": bool,
     "incomplete?": [str],
+    "merged?": {"policy": str, "sessions": NonEmpty([{"label": str, "architecture?": _OPT_STR,
+                                                      "capability_method?": _OPT_STR}])},
 }
 
 _TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -71,6 +72,20 @@ def exposure_of(unit_text: str, name: str) -> tuple[float | None, str | None]:
                              capture_output=True, text=True, timeout=60)
         m = _EXPOSURE.search(out.stdout + out.stderr)
         return (float(m.group(1)), m.group(2)) if m else (None, None)
+    return _with_unit_file(unit_text, name, run)
+
+
+def security_table(unit_text: str, name: str) -> list[dict]:
+    """`systemd-analyze security --offline=yes --json=short`: one row per setting it judges
+    ({name, json_field, description, exposure, set}); empty when it cannot say."""
+    def run(path):
+        out = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", "--json=short",
+                              path], capture_output=True, text=True, timeout=60, check=False)
+        try:
+            rows = json.loads(out.stdout)
+        except ValueError:
+            return []
+        return rows if isinstance(rows, list) else []
     return _with_unit_file(unit_text, name, run)
 
 

@@ -4,6 +4,10 @@ Creates a TUN device, adds an ip rule and a route over netlink, commits an
 nftables table over netlink, sets IP_TRANSPARENT, binds TCP 8080 and 61000 and
 UDP 51840, writes a database and peer.key under its data dir and a recovery
 token under a second dir. Run it inside a network namespace.
+
+--v2 CACHE_DIR is the next version of the agent, for `capprobe diff`: it also opens a
+packet socket (one more capability, CAP_NET_RAW, and one more address family, AF_PACKET)
+and writes a peers cache in CACHE_DIR (one more place written).
 """
 
 import argparse
@@ -33,6 +37,7 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--token-dir", required=True)
     ap.add_argument("--hold", type=float, default=0.0)
+    ap.add_argument("--v2", metavar="CACHE_DIR", help="the next version: a packet socket, a peers cache in CACHE_DIR")
     args = ap.parse_args()
 
     tun = create_tun("arc0")
@@ -55,6 +60,10 @@ def main() -> None:
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     u.bind(("0.0.0.0", 51840))
     sockets.append(u)
+    if args.v2:
+        sockets.append(socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003)))  # ETH_P_ALL
+        with open(os.path.join(args.v2, "peers.cache"), "w") as f:
+            f.write("node-a\n")
 
     db = sqlite3.connect(os.path.join(args.data, "arctic.db"))
     db.execute("create table if not exists peers (name text)")

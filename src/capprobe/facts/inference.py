@@ -21,6 +21,8 @@ import re
 import string
 from typing import Callable, Iterable, Iterator
 
+from ..model import behaviour_fields
+
 INFERRED = "inferred"
 DENIED = "denied"
 POSSIBLE = "possible"
@@ -28,7 +30,6 @@ POSSIBLE = "possible"
 # granted it is needed, whatever later attempts did.
 _STATUS_STRENGTH = {INFERRED: 3, DENIED: 2, POSSIBLE: 1}
 
-_ERRNO_WORD = re.compile(r"^E[A-Z0-9]+$")
 _UNCHANGED_ID = -1
 
 
@@ -227,15 +228,11 @@ def _chown_facts(profile: dict) -> Iterator[dict]:
 
 def _behaviour_facts(profile: dict) -> Iterator[dict]:
     for row in profile.get("behaviour") or []:
+        # Kinds whose rows carry no errno fall back to the syscall counters. An older profile
+        # has the fields only in its detail text: behaviour_fields reads them from there.
         detail = row.get("detail") or ""
-        words = detail.split()
-        # The collector appends the errno to the detail for most kinds ("bpf EINVAL",
-        # "pid 42 EPERM"); kinds that never do fall back to the syscall counters.
-        errno = words[-1] if len(words) > 1 and _ERRNO_WORD.match(words[-1]) else None
-        call = " ".join(words[:-1]) if errno else detail
-        syscall = re.split(r"[:\s]", call, maxsplit=1)[0] if call else ""
-        yield {**row, "detail": detail, "call": call, "syscall": syscall, "errno": errno,
-               "errno_known": errno is not None}
+        fields = {**behaviour_fields(row.get("kind") or "", detail), **row}
+        yield {**fields, "detail": detail, "errno_known": fields["errno"] is not None}
 
 
 # Which id a call sets, by argument position: ("uid", "r"), ...

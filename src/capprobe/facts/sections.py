@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from ..model import (WRITE_OPS, AcceptRow, BindRow, ListenRow, PeerRow, SocketFailureRow, SocketRow, SockoptRow,
+                     behaviour_fields)
 from ..paths import encode_path
 
 _PROC_PID = re.compile(rb"^/proc/(\d+)(/|$)")
@@ -15,8 +17,6 @@ def _use(entry: list) -> dict:
 
 
 def build_sections(c) -> dict:
-    from .collector import WRITE_OPS
-
     traced = c.traced_pids()
     files = []
     special = {(k, d): v for (k, d), v in c.special.items()}
@@ -68,6 +68,7 @@ def build_sections(c) -> dict:
               for (p, r, e), v in sorted(c.ioctls.items())]
 
     def rows(table: dict, names: tuple) -> list:
+        """The rows of TABLE, keyed in the collector by NAMES (a row type's KEY)."""
         out = []
         for key in sorted(table, key=lambda k: tuple(str(x) for x in k)):
             row = {n: (v if v != "" else None) for n, v in zip(names, key) if n}
@@ -75,14 +76,14 @@ def build_sections(c) -> dict:
         return out
 
     network = {
-        "sockets": rows(c.sockets, ("family", "type", "protocol")),
-        "socket_failures": rows(c.socket_failures, ("family", "type", "protocol", "errno")),
-        "binds": rows(c.binds, ("family", "type", "address", "port", "errno")),
-        "listens": rows(c.listens, ("socket", "errno")),
-        "connects": rows(c.connects, ("family", "address", "port", "errno")),
-        "sends": rows(c.sends, ("family", "address", "port", "errno")),
-        "accepts": rows(c.accepts, ("socket", "local", "peer")),
-        "setsockopts": rows(c.sockopts, ("level", "option", "errno")),
+        "sockets": rows(c.sockets, SocketRow.KEY),
+        "socket_failures": rows(c.socket_failures, SocketFailureRow.KEY),
+        "binds": rows(c.binds, BindRow.KEY),
+        "listens": rows(c.listens, ListenRow.KEY),
+        "connects": rows(c.connects, PeerRow.KEY),
+        "sends": rows(c.sends, PeerRow.KEY),
+        "accepts": rows(c.accepts, AcceptRow.KEY),
+        "setsockopts": rows(c.sockopts, SockoptRow.KEY),
         "netlink": [dict(protocol=k[0], op=k[1], detail=k[2] or None, errno=k[3] or None,
                          changes_state=bool(v[3]) if len(v) > 3 else None, **_use(v))
                     for k, v in sorted(c.netlink.items())],
@@ -98,11 +99,25 @@ def build_sections(c) -> dict:
         "devices": devices,
         "ioctls": ioctls,
         "network": network,
-        "behaviour": [dict(kind=k, detail=d, **_use(v))
+        "behaviour": [dict(kind=k, detail=d, **_structured(k, d), **_use(v))
                       for (k, d), v in sorted(special.items())],
         "parser": {"lines": c.lines, "unparsed": c.unparsed,
                    "unparsed_examples": c.unparsed_examples},
     }
+
+
+def _structured(kind: str, detail: str) -> dict:
+    """The behaviour row's fields beside its detail text (errno, namespace type, notify messages),
+    so readers take them as fields, not by parsing the text."""
+    fields = behaviour_fields(kind, detail)
+    out = {"call": fields["call"]}
+    if fields["errno"]:
+        out["errno"] = fields["errno"]
+    if fields["namespace"]:
+        out["namespace"] = fields["namespace"]
+    if fields["messages"]:
+        out["messages"] = list(fields["messages"])
+    return out
 
 
 def _merge(table: dict, key: tuple, entries: list) -> None:

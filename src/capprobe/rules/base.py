@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from ..needs import Needs, needs_of
+
 Value = str | bytes  # str: a word from a fixed vocabulary; bytes: a path/argument from the trace
 
 
@@ -44,6 +46,11 @@ class RuleContext:
     profile: dict
     options: UnitOptions
     cache: dict = field(default_factory=dict)
+
+    @property
+    def needs(self) -> Needs:
+        """What the profile needs, decided once (capprobe.needs)."""
+        return self.memo("needs", lambda: needs_of(self.profile))
 
     def memo(self, key: str, compute: Callable[[], object]):
         if key not in self.cache:

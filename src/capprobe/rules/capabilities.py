@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
+from ..needs import is_kernel_method
 from .base import Directive, RuleContext
 from .evidence import identity_choice, show
 from .ownership import ownership_alternative, ownership_plan, required_capabilities
 from .registry import rule
 
-KERNEL_METHODS = ("tracefs", "bpftrace")  # capabilities the kernel itself reported
-
-
 def _evidence(ctx: RuleContext, cap: str) -> str:
-    caps = ctx.profile.get("capabilities", {})
-    rows = [u for u in caps.get("uses", []) if u["capability"] == cap and u.get("status") in ("required", "inferred")]
-    if not rows and caps.get("method") in KERNEL_METHODS:
-        # chosen through an either-or check (e.g. IP_TRANSPARENT also accepts NET_ADMIN)
-        rows = [u for u in caps.get("uses", []) if cap in u.get("alternatives", []) and u.get("status") == "required"]
+    need = next((c for c in ctx.needs.capabilities if c.name == cap), None)
+    rows = need.evidence if need else ()
     parts = []
-    for u in rows[:3]:
-        target = f" {u['targets'][0]}" if u.get("targets") else ""
-        exe = (u.get("exe") or "?").rsplit("/", 1)[-1]
-        parts.append(f"{u.get('reason')}{target} (x{u.get('count', 1)}, {exe})")
-    difference = next((u["confirmed_by"].get("first_difference") for u in rows if u.get("confirmed_by")), None)
+    for e in rows[:3]:
+        target = f" {e.targets[0]}" if e.targets else ""
+        exe = (e.exe or "?").rsplit("/", 1)[-1]
+        parts.append(f"{e.reason}{target} (x{e.count}, {exe})")
+    difference = next((e.confirmed_difference for e in rows if e.confirmed_difference), None)
     if difference:  # capprobe confirm: a re-run without it
         parts.append(f"confirmed: without it, {difference}")
     return f"{cap}: " + "; ".join(parts) if parts else cap
@@ -31,9 +26,8 @@ def _evidence(ctx: RuleContext, cap: str) -> str:
 def bounding_set(ctx: RuleContext):
     caps = ctx.profile.get("capabilities", {})
     required = required_capabilities(ctx)
-    method = caps.get("method", "none")
-    left_out = sorted({u["capability"] for u in caps.get("uses", [])
-                       if u.get("status") in ("advisory", "optional", "superseded", "possible", "denied")} - set(required))
+    method = ctx.needs.capability_method
+    left_out = sorted(set(ctx.needs.checked_not_required) - set(required))
     note = f"; checked but not required: {' '.join(left_out)}" if left_out else ""
     unneeded = sorted((caps.get("confirmation") or {}).get("optional", []))
     if unneeded:
@@ -52,7 +46,7 @@ def bounding_set(ctx: RuleContext):
     if left:
         note += ("; left as they are, for the operator to decide: "
                  + ", ".join(f"{show(r.path)} ({r.why})" for r in left[:3]) + (" ..." if len(left) > 3 else ""))
-    source = "as the kernel checked them" if method in KERNEL_METHODS else f"method: {method}"
+    source = "as the kernel checked them" if is_kernel_method(method) else f"method: {method}"
     if not required:
         yield Directive("CapabilityBoundingSet", (), f"no capability required ({source}){note}")
     else:

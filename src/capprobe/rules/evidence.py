@@ -6,25 +6,14 @@ import grp
 import os
 import pwd
 
-from ..facts.collector import WRITE_NEED_OPS
+from ..model import ENTRY_OPS, WRITE_NEED_OPS
+from ..needs import API_FILESYSTEMS, MANAGED_DIRECTORIES, TMP_DIRS, under
 from ..paths import decode_path, display_path, encode_path
 from .base import Directive
 from .base import RuleContext
 
-# ops that change a directory's entries: they need the directory itself writable
-ENTRY_OPS = frozenset({"create", "delete", "rmdir", "rename_from", "rename_to", "link",
-                       "symlink", "mkdir", "mknod"})
-# ... of which those where owning the file alone does not do: the directory must be the service's
+# ENTRY_OPS (model.py) of which those where owning the file alone does not do: the directory must be the service's
 DIRECTORY_OPS = ENTRY_OPS - {"create", "mkdir"}
-API_FILESYSTEMS = (b"/proc/", b"/sys/", b"/dev/")
-MANAGED_DIRECTORIES = (
-    (b"/var/lib/", "StateDirectory"),
-    (b"/var/log/", "LogsDirectory"),
-    (b"/run/", "RuntimeDirectory"),
-    (b"/var/cache/", "CacheDirectory"),
-)
-TMP_DIRS = (b"/tmp/", b"/var/tmp/")
-HOME_DIRS = (b"/home/", b"/root/", b"/run/user/")
 
 
 def short_exes(entries) -> str:
@@ -42,18 +31,14 @@ def written_files(ctx: RuleContext) -> list[tuple[bytes, dict]]:
     """(path, file entry) for every path the service changed successfully, or tested writable
     (write_test: not written in the run, but the service stops when the test fails)."""
     def compute():
-        out = []
-        for f in ctx.profile["files"]:
-            if set(f["ops"]) & WRITE_NEED_OPS:
-                out.append((decode_path(f["path"]), f))
-        return out
+        entries = {decode_path(f["path"]): f for f in ctx.profile["files"]}
+        return [(w.path, entries[w.path]) for w in ctx.needs.written]
     return ctx.memo("written_files", compute)
 
 
 def created_paths(ctx: RuleContext) -> set[bytes]:
     """Paths the service itself brought into existence (mkdir, create, rename_to)."""
-    return ctx.memo("created", lambda: {p for p, f in written_files(ctx)
-                                        if {"mkdir", "create", "rename_to", "symlink", "link", "mknod"} & set(f["ops"])})
+    return ctx.memo("created", lambda: {w.path for w in ctx.needs.written if w.created})
 
 
 def show(raw: bytes) -> str:
@@ -79,10 +64,6 @@ def managed_root(path: bytes, ops) -> bytes | None:
         return None
     prefix = next(p for p, directive in MANAGED_DIRECTORIES if directive == m[0])
     return prefix + m[1]
-
-
-def under(path: bytes, prefixes) -> bool:
-    return any(path.startswith(p) or path + b"/" == p for p in prefixes)
 
 
 def behaviour(ctx: RuleContext, kind: str) -> list[dict]:
@@ -123,7 +104,7 @@ def _private_to_owner(ctx: RuleContext) -> tuple[bytes, str] | None:
 
 
 def kernel_required_capabilities(ctx: RuleContext) -> list[str]:
-    return list(ctx.profile.get("capabilities", {}).get("required", []))
+    return list(ctx.needs.capability_names)
 
 
 def runs_as_root(ctx: RuleContext) -> bool:
@@ -139,12 +120,10 @@ def identity_choice(ctx: RuleContext) -> tuple[str, str]:
             return "dynamic", "--dynamic-user"
         if o.user:
             return "user", f"--user {o.user}"
-        run_user = ctx.profile["run"].get("user", {})
-        if run_user.get("uid") not in (None, 0):
-            return "user", f"the profile was taken as {run_user.get('name') or run_user['uid']}"
-        switches = [c for p in ctx.profile["processes"] for c in p.get("identity_changes", [])
-                    if c["call"] in ("setuid", "setresuid", "setreuid", "setgid", "setresgid", "setgroups")]
-        if switches:
+        identity = ctx.needs.identity
+        if not identity.runs_as_root:
+            return "user", f"the profile was taken as {identity.user or identity.uid}"
+        if identity.changes_identity:
             return "root", "the service switches identity itself (setuid/setgid seen); it must start as root"
         private = _private_to_owner(ctx)
         if private:

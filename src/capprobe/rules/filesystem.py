@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
 
-from ..facts.collector import WRITE_NEED_OPS, WRITE_TEST
+from ..model import ENTRY_OPS, WRITE_NEED_OPS, WRITE_TEST
+from ..needs import HOME_DIRS, fan_out_groups
 from ..paths import decode_path
 from ..render.quoting import render_value
 from .base import Directive, RuleContext
-from .evidence import (API_FILESYSTEMS, ENTRY_OPS, HOME_DIRS, TMP_DIRS, created_paths, managed_directory,
+from .evidence import (API_FILESYSTEMS, TMP_DIRS, created_paths, managed_directory,
                        managed_directory_plan, managed_root, opened_managed_roots, short_exes, show, under,
                        written_files)
 from .registry import rule
@@ -123,23 +123,14 @@ def _need_evidence(p: bytes, f: dict, ops: set[str]) -> str:
     return f"{','.join(sorted(ops))} {show(p)} by {by}"
 
 
-_FAN_OUT = re.compile(rb"^[0-9a-f]{2}$")
-
-
 def _merge_fan_out(paths: dict[bytes, list[str]]) -> dict[bytes, list[str]]:
-    """Hash fan-out directories (restic data/3f, git objects/ab): the next run writes
-    into other ones, so grant their parent instead of the few this run happened to use."""
-    by_parent: dict[bytes, list[bytes]] = {}
-    for p in paths:
-        if _FAN_OUT.match(os.path.basename(p)):
-            by_parent.setdefault(os.path.dirname(p), []).append(p)
+    """Hash fan-out directories, granted as their parent (needs.fan_out_groups)."""
     merged = dict(paths)
-    for parent, children in by_parent.items():
-        if len(children) >= 2:
-            evidence = [f"hash fan-out: {len(children)} subdirectories like {show(children[0])} written"]
-            for child in children:
-                evidence.extend(merged.pop(child))
-            merged.setdefault(parent, []).extend(evidence)
+    for parent, children in fan_out_groups(paths).items():
+        evidence = [f"hash fan-out: {len(children)} subdirectories like {show(children[0])} written"]
+        for child in children:
+            evidence.extend(merged.pop(child))
+        merged.setdefault(parent, []).extend(evidence)
     return merged
 
 

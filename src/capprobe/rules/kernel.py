@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from ..facts.collector import WRITE_OPS
+from ..model import WRITE_OPS
 from ..paths import decode_path
 from .base import Directive, RuleContext
 from .evidence import behaviour, identity_choice, short_exes, show, toggle_unless_seen
@@ -75,8 +75,8 @@ def restrict_namespaces(ctx: RuleContext):
     if not seen:
         yield Directive("RestrictNamespaces", ("yes",), "no namespace created or joined")
         return
-    types = sorted({b["detail"].split(":", 1)[1] for b in seen if ":" in b["detail"]} - {"any"})
-    if any(b["detail"].endswith(":any") for b in seen) or not types:
+    types = ctx.needs.behaviour.namespaces
+    if ctx.needs.behaviour.namespaces_any or not types:
         yield Directive("RestrictNamespaces", ("no",), f"joins namespaces of any type ({seen[0]['detail']})")
     else:
         yield Directive("RestrictNamespaces", tuple(types), "namespace types used: "

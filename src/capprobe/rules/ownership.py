@@ -17,7 +17,7 @@ import os
 import pwd
 from dataclasses import dataclass
 
-from ..facts.collector import WRITE_NEED_OPS, WRITE_OPS
+from ..model import WRITE_NEED_OPS, WRITE_OPS
 from ..paths import decode_path
 from ..validate import ownership_refusal
 from .base import RuleContext

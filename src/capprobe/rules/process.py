@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import shlex
 
-from ..facts.collector import euid_set_by
+from ..facts.decode import euid_set_by
+from ..needs import PERSONALITY_HARMLESS
 from ..paths import decode_path, display_path
 from ..render.quoting import render_value
 from .base import Directive, RuleContext
@@ -14,7 +15,6 @@ from .registry import rule
 ONESHOT_SECONDS = 60  # a run that ended by itself within this time is a job, not a daemon
 # Variables systemd (or capprobe standing in for it) sets itself: never the operator's Environment=.
 SERVICE_MANAGER_VARIABLES = frozenset({"NOTIFY_SOCKET", "PATH", "LANG"})
-PERSONALITY_HARMLESS = {"0xffffffff", "0", "PER_LINUX", "0 /* PER_LINUX */"}
 
 
 @rule("process")
@@ -105,13 +105,12 @@ def environment(ctx: RuleContext):
 
 @rule("process")
 def no_new_privileges(ctx: RuleContext):
-    privileged = [e for e in ctx.profile.get("executables", [])
-                  if e.get("setuid") or e.get("setgid") or e.get("file_caps")]
+    privileged = ctx.needs.behaviour.setuid_exec
     if privileged:
-        names = ", ".join(display_path(e["path"]) for e in privileged[:3])
+        names = ", ".join(display_path(e) for e in privileged[:3])
         yield Directive("NoNewPrivileges", ("no",), f"executed a setuid/setgid/file-capability binary: {names}")
     else:
-        n = len(ctx.profile.get("executables", []))
+        n = len(ctx.needs.executables)
         yield Directive("NoNewPrivileges", ("yes",), f"none of the {n} executed files is setuid, setgid "
                         "or has file capabilities")
 
@@ -119,7 +118,7 @@ def no_new_privileges(ctx: RuleContext):
 @rule("process")
 def lock_personality(ctx: RuleContext):
     changes = [b for b in behaviour(ctx, "personality") if b["detail"] not in PERSONALITY_HARMLESS]
-    if changes:
+    if ctx.needs.behaviour.personality:
         yield Directive("LockPersonality", ("no",), f"personality({changes[0]['detail']}) by {short_exes(changes)}")
     else:
         yield Directive("LockPersonality", ("yes",), "no personality() change seen")

@@ -20,8 +20,7 @@ run made stays allowed here, by construction.
 
 from __future__ import annotations
 
-import re
-
+from capprobe.needs import SyscallNeed, syscall_needs
 from capprobe.rules.base import Directive, RuleContext
 from capprobe.rules.registry import rule
 from capprobe.syscall_groups import syscall_groups
@@ -35,42 +34,6 @@ DENY_CANDIDATES = (
     "@swap", "@obsolete", "@debug", "@cpu-emulation", "@clock",
 )
 
-# strace prints x86_64 names as the kernel's syscall table spells them, and so
-# does libseccomp, whose names systemd uses: measured on strace 6.1, every name
-# of this host's asm/unistd_64.h is accepted by both, unchanged (newfstatat,
-# fadvise64, pread64, umount2 ...; the "_llseek"/"fadvise64_64"/"stat64"
-# spellings exist only in the 32-bit ABI, which SystemCallArchitectures=native
-# refuses anyway).  The one difference: a syscall newer than the strace build is
-# printed as its number, "syscall_0x1c4" (strace 6.1 knows up to 450).  This is
-# the x86_64 table (arch/x86/entry/syscalls/syscall_64.tbl) for those numbers;
-# 424 on is the numbering all architectures share since Linux 5.1.
-X86_64_SYSCALL_NUMBERS = {
-    332: "statx", 333: "io_pgetevents", 334: "rseq", 335: "uretprobe", 336: "uprobe",
-    424: "pidfd_send_signal", 425: "io_uring_setup", 426: "io_uring_enter",
-    427: "io_uring_register", 428: "open_tree", 429: "move_mount", 430: "fsopen",
-    431: "fsconfig", 432: "fsmount", 433: "fspick", 434: "pidfd_open", 435: "clone3",
-    436: "close_range", 437: "openat2", 438: "pidfd_getfd", 439: "faccessat2",
-    440: "process_madvise", 441: "epoll_pwait2", 442: "mount_setattr", 443: "quotactl_fd",
-    444: "landlock_create_ruleset", 445: "landlock_add_rule", 446: "landlock_restrict_self",
-    447: "memfd_secret", 448: "process_mrelease", 449: "futex_waitv",
-    450: "set_mempolicy_home_node", 451: "cachestat", 452: "fchmodat2",
-    453: "map_shadow_stack", 454: "futex_wake", 455: "futex_wait", 456: "futex_requeue",
-    457: "statmount", 458: "listmount", 459: "lsm_get_self_attr", 460: "lsm_set_self_attr",
-    461: "lsm_list_modules", 462: "mseal", 463: "setxattrat", 464: "getxattrat",
-    465: "listxattrat", 466: "removexattrat", 467: "open_tree_attr", 468: "file_getattr",
-    469: "file_setattr",
-}
-
-_STRACE_NUMBERED = re.compile(r"syscall_(0x[0-9a-f]+|\d+)")
-
-
-def systemd_syscall_name(strace_name: str, architecture: str | None) -> str:
-    """The name systemd knows STRACE_NAME by ("syscall_0x1c4" -> "fchmodat2" on x86_64)."""
-    m = _STRACE_NUMBERED.fullmatch(strace_name)
-    if m is None or architecture != "x86_64":
-        return strace_name
-    return X86_64_SYSCALL_NUMBERS.get(int(m.group(1), 0), strace_name)
-
 
 def decide_syscall_filter(observed: dict, groups: dict[str, frozenset[str]], *,
                           architecture: str | None = None) -> list[Directive]:
@@ -79,15 +42,16 @@ def decide_syscall_filter(observed: dict, groups: dict[str, frozenset[str]], *,
     GROUPS maps "@group" to its expanded syscall names (capprobe.syscall_groups).
     ARCHITECTURE is the traced host's (profile["host"]["architecture"]).
     """
-    if not observed:
+    return syscall_filter_of(syscall_needs(observed, architecture), groups, architecture=architecture)
+
+
+def syscall_filter_of(needs: tuple[SyscallNeed, ...], groups: dict[str, frozenset[str]], *,
+                      architecture: str | None = None) -> list[Directive]:
+    """The syscall-filter directives for the syscalls a Needs holds."""
+    if not needs:
         return []   # no trace, no evidence: an allow-list from nothing would refuse everything
-    counts: dict[str, int] = {}
-    printed_as: dict[str, set[str]] = {}
-    for strace_name, entry in observed.items():
-        name = systemd_syscall_name(strace_name, architecture)
-        counts[name] = counts.get(name, 0) + int(entry.get("count", 0))
-        if name != strace_name:
-            printed_as.setdefault(name, set()).add(strace_name)
+    counts = {s.name: s.count for s in needs}
+    printed_as = {s.name: s.printed_as for s in needs if s.printed_as}
 
     def evidence(names) -> str:
         def one(n):
@@ -151,5 +115,5 @@ def decide_syscall_filter(observed: dict, groups: dict[str, frozenset[str]], *,
 @rule("syscalls")
 def syscall_filter(ctx: RuleContext) -> list[Directive]:
     groups = ctx.memo("syscall_groups", syscall_groups)
-    architecture = (ctx.profile.get("host") or {}).get("architecture")
-    return decide_syscall_filter(ctx.profile.get("syscalls") or {}, groups, architecture=architecture)
+    needs = ctx.needs
+    return syscall_filter_of(needs.syscalls, groups, architecture=needs.architectures[0] if needs.architectures else None)

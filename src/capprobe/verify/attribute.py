@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..facts.collector import WRITE_NEED_OPS
+from ..model import WRITE_NEED_OPS
 from ..paths import decode_path, display_path
 from ..rules.base import Directive
-from ..rules.evidence import ENTRY_OPS
+from ..model import ENTRY_OPS
 
 # systemd's exit statuses for a failed set-up step (systemd.exec(5), "Process exit codes")
 SETUP_STATUS = {
