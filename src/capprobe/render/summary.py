@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ..facts.collector import WRITE_OPS
+import time
+
+from ..model import WRITE_OPS
 from ..paths import display_path, printable
 
 MAX_ROWS = 40
@@ -11,6 +13,13 @@ MAX_ROWS = 40
 def command_line(run: dict) -> str:
     """The traced command for humans: each argument decoded and escaped."""
     return " ".join(display_path(arg) for arg in run["command"])
+
+
+def profile_origin(profile: dict) -> str:
+    """"a profile of 'CMD' taken 2026-01-02 10:00 UTC on HOST": what an output was made from."""
+    run = profile["run"]
+    when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(run.get("started", 0)))
+    return printable(f"a profile of '{command_line(run)}' taken {when} UTC on {profile['host'].get('hostname')}")
 
 
 def target_failure(run: dict) -> str | None:
@@ -76,7 +85,9 @@ def service_paths(profile: dict) -> list[str]:
         lines.append("log rotation: not exercised (rotate the log and send the signal the package's logrotate "
                      "configuration sends, e.g. --exercise 'mv LOG LOG.1 && kill -USR1 $MAINPID')")
     ended_by = run.get("ended_by", "exit")
-    if ended_by == "exit":
+    if run.get("still_running"):
+        lines.append(f"shutdown: not exercised (capprobe detached on {ended_by}; the target went on running)")
+    elif ended_by == "exit":
         lines.append("shutdown: not exercised (the target ended on its own; --duration stops it the way "
                      "systemd does)")
     elif run.get("exit_signal") == "SIGKILL":
@@ -119,8 +130,9 @@ def one_paragraph(profile: dict, where: str) -> str:
     parser = profile["parser"]
     if parser["unparsed"]:
         lines.append(f"  {parser['unparsed']} trace lines not understood (examples in the profile)")
-    lines.append(f"  target exit status {run['exit_status']} (ended by {run['ended_by']}), "
-                 f"{run['duration']:.1f} s")
+    lines.append(f"  target still running (capprobe detached on {run['ended_by']}), {run['duration']:.1f} s"
+                 if run.get("still_running") else
+                 f"  target exit status {run['exit_status']} (ended by {run['ended_by']}), {run['duration']:.1f} s")
     lines += [f"  {line}" for line in service_paths(profile)]
     return "\n".join(printable(line) for line in lines)
 
