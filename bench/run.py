@@ -8,19 +8,25 @@ Every workload runs in every mode, in rounds: each round runs all modes back to
 back (in an order that rotates from round to round), so machine noise hits the
 modes alike; a mode's figure is the median over the rounds.
 
-Modes (MODES): untraced; `capprobe run` (its CLI, as a user runs it); plain
-`strace -f -o /dev/null` (the peer tools' approach); strace with capprobe's own
-flags to /dev/null (what capprobe's tracer costs before capprobe reads a line).
+Modes (MODES): untraced; `capprobe run` (its CLI, as a user runs it, default mode);
+`capprobe run --fast` and `capprobe run --full` when `capprobe run --help` lists those
+options (the run says which were skipped); plain `strace -f -o /dev/null` (the peer
+tools' approach); strace with capprobe's own flags to /dev/null (what capprobe's tracer
+costs before capprobe reads a line: the bar full mode is held to, at most 1.15x).
 
 Workloads (workload_builders()): nginx serving one 4 KiB file under wrk (req/s); restic
-backup of 10,000 small files; 20,000 os.stat + 20,000 os.getpid in Python;
-start-up of `python3 -c pass` and `/bin/true`, 20 in a row per sample; and
-`/bin/true` once (capprobe's own start and stop).
+backup of 10,000 small files; 20,000 os.stat + 20,000 os.getpid in Python; these two
+timed from inside (the loop itself; restic's run, by the Python that starts it): what
+tracing costs the target; the same runs' whole command, capprobe's start and stop and
+its profile-building included, is the row after each; start-up of `python3 -c pass` and
+`/bin/true`, 20 in a row per sample; and `/bin/true` once (capprobe's own start and stop).
 
 Also measured: capprobe's peak RSS (VmHWM of the capprobe Python process itself,
 read every 20 ms: not strace's, not the target's), the strace lines it parsed per
-second of its run, the parser alone on a recorded trace of the same workload, and
-peak RSS at 1x and 4x the syscalls of the micro workload (it should not grow).
+second of its run, how far its parser fell behind strace (the trace spool at its
+largest, and the seconds it read on after strace had exited), the parser alone on a
+recorded trace of the same workload, and peak RSS at 1x and 4x the syscalls of the
+micro workload (it should not grow).
 --long runs ~10 M syscalls under capprobe and samples its RSS every second.
 
 Nothing here asserts; the table goes to stdout (markdown, for the README) and,
@@ -32,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -43,13 +50,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import psutil
 
 from capprobe.facts.collector import FactCollector
+from capprobe.facts.decode import StraceDecoder
 from capprobe.tracing.strace import STRACE_FLAGS
 
 HERE = Path(__file__).resolve().parent
@@ -68,6 +76,7 @@ GOALS = {  # issue 10, "Goals": slowdown of capprobe against untraced, at most
 }
 FULL_VS_STRACE_GOAL = 1.15
 LONG_RSS_GOAL_MB = 100  # issue 10 says MB; the figures here are MiB (100 MB = 95.4 MiB)
+LONG_RESULTS = HERE / "results-long.json"
 
 
 # ---------------------------------------------------------------- modes
@@ -78,21 +87,43 @@ class Mode:
     label: str
     wrap: Callable[[list[str], Path], list[str]]  # (target command, scratch dir) -> argv
     is_capprobe: bool = False
+    option: str | None = None  # the `capprobe run` option this mode needs
 
 
-def capprobe_argv(cmd: list[str], scratch: Path) -> list[str]:
-    return [sys.executable, "-m", "capprobe", "run", "-q", "--no-unit", "--force",
+def capprobe_argv(cmd: list[str], scratch: Path, *options: str) -> list[str]:
+    return [sys.executable, "-m", "capprobe", "run", "-q", "--no-unit", "--force", *options,
             "-o", str(scratch / "profile.json"), "--", *cmd]
 
 
-CAPPROBE = Mode("capprobe", "`capprobe run`", capprobe_argv, is_capprobe=True)
+def capprobe_mode(name: str, option: str | None) -> Mode:
+    label = f"`capprobe run {option}`" if option else "`capprobe run`"
+    return Mode(name, label, lambda cmd, scratch: capprobe_argv(cmd, scratch, *filter(None, [option])),
+                is_capprobe=True, option=option)
+
+
+CAPPROBE = capprobe_mode("capprobe", None)
 MODES = (
     Mode("untraced", "untraced", lambda cmd, scratch: cmd),
     CAPPROBE,
+    capprobe_mode("capprobe_fast", "--fast"),
+    capprobe_mode("capprobe_full", "--full"),
     Mode("strace", "`strace -f -o /dev/null`", lambda cmd, scratch: [STRACE, "-f", "-o", "/dev/null", *cmd]),
     Mode("strace_cp_flags", "strace, capprobe's flags, to /dev/null",
          lambda cmd, scratch: [STRACE, *STRACE_FLAGS, "-o", "/dev/null", *cmd]),
 )
+
+
+def run_options() -> set[str]:
+    """The long options `capprobe run --help` lists."""
+    done = subprocess.run([sys.executable, "-m", "capprobe", "run", "--help"], capture_output=True, text=True)
+    return set(re.findall(r"--[a-z][a-z-]*", done.stdout))
+
+
+def available_modes(options: set[str]) -> tuple[tuple[Mode, ...], list[str]]:
+    """The modes this capprobe can run, and one note per mode it cannot."""
+    missing = [m for m in MODES if m.option is not None and m.option not in options]
+    return (tuple(m for m in MODES if m not in missing),
+            [f"{m.label} not measured: this capprobe has no {m.option} option" for m in missing])
 
 
 # ---------------------------------------------------------------- processes
@@ -180,6 +211,9 @@ class Sample:
     capprobe_peak_kib: int | None = None
     capprobe_seconds: float | None = None  # wall time of the capprobe process
     trace_lines: int | None = None  # strace lines capprobe parsed (from its profile)
+    spool_peak_bytes: int | None = None  # strace's output not yet parsed, at its largest
+    catch_up_seconds: float | None = None  # parsing after strace had exited
+    whole_command_seconds: float | None = None  # for a self-timed workload: start to exit, wrapper included
 
 
 def traced(argv: list[str], mode: Mode, scratch: Path, body: Callable[[subprocess.Popen], float]) -> Sample:
@@ -198,29 +232,39 @@ def traced(argv: list[str], mode: Mode, scratch: Path, body: Callable[[subproces
     if watch is None:
         return Sample(value)
     profile = json.loads((scratch / "profile.json").read_text())
-    return Sample(value, watch.peak_kib, time.perf_counter() - t0, profile["parser"]["lines"])
+    spool = profile["run"].get("tracer", {}).get("spool") or {}  # none in fast mode's steady state
+    return Sample(value, watch.peak_kib, time.perf_counter() - t0, profile["parser"]["lines"],
+                  spool.get("peak_unread_bytes"), spool.get("catch_up_seconds"))
 
 
 # ---------------------------------------------------------------- workloads
 
 @dataclass(frozen=True)
 class Workload:
-    """A command that runs to its end; its figure is the seconds it took."""
+    """A command that runs to its end; its figure is the seconds it took, or with SELF_TIMED
+    the seconds it measured itself and wrote to the file named by its last argument."""
     name: str
     label: str
     command: list[str]
     reset: Callable[[], None] = lambda: None  # before every sample, untimed
+    self_timed: bool = False
     unit = "s"
 
     def measure(self, mode: Mode, scratch: Path) -> Sample:
         self.reset()
+        own_time = scratch / "own-seconds"
+        own_time.unlink(missing_ok=True)
+        command = [*self.command, str(own_time)] if self.self_timed else self.command
 
         def run_to_end(proc: subprocess.Popen) -> float:
             t0 = time.perf_counter()
             finish(proc, timeout=600)
             return time.perf_counter() - t0
 
-        return traced(mode.wrap(self.command, scratch), mode, scratch, run_to_end)
+        sample = traced(mode.wrap(command, scratch), mode, scratch, run_to_end)
+        if not self.self_timed:
+            return sample
+        return replace(sample, value=float(own_time.read_text()), whole_command_seconds=sample.value)
 
 
 @dataclass(frozen=True)
@@ -343,14 +387,25 @@ def restic_workload(base: Path, files: int) -> Workload:
         shutil.copytree(template, repo)
 
     # the password is a file, not RESTIC_PASSWORD: capprobe gives the target a service's environment
-    return Workload("restic", f"`restic backup`, {files:,} files",
-                    [RESTIC, "-q", "-r", str(repo), "-p", str(password), "backup", "--no-cache", str(tree)],
-                    reset=fresh_repo)
+    return Workload("restic", f"`restic backup`, {files:,} files, restic's own time",
+                    timed([RESTIC, "-q", "-r", str(repo), "-p", str(password), "backup", "--no-cache", str(tree)]),
+                    reset=fresh_repo, self_timed=True)
+
+
+def timed(command: list[str]) -> list[str]:
+    """COMMAND started by a Python that writes the seconds from its start to its exit to the file
+    named by its last argument: the target's own time, without the tracer's start and stop."""
+    return [TARGET_PYTHON, "-c",
+            "import subprocess, sys, time\nt0 = time.perf_counter()\nrc = subprocess.call(sys.argv[1:-1])\n"
+            "open(sys.argv[-1], 'w').write(str(time.perf_counter() - t0))\nsys.exit(rc)\n", *command]
 
 
 def micro_command(iterations: int) -> list[str]:
+    """ITERATIONS x (stat + getpid); the program writes the seconds its loop took to its last argument."""
     return [TARGET_PYTHON, "-c",
-            f"import os\nfor _ in range({iterations}):\n    os.stat('/')\n    os.getpid()"]
+            "import os, sys, time\nt0 = time.perf_counter()\n"
+            f"for _ in range({iterations}):\n    os.stat('/')\n    os.getpid()\n"
+            "open(sys.argv[1], 'w').write(str(time.perf_counter() - t0))\n"]
 
 
 def repeat_command(cmd: str, times: int) -> list[str]:
@@ -362,7 +417,8 @@ def workload_builders(quick: bool) -> dict[str, Callable[[Path], Workload | Ngin
     return {
         "nginx": lambda base: NginxWorkload.prepare(base, seconds=2 if quick else 5),
         "restic": lambda base: restic_workload(base, files=2_000 if quick else 10_000),
-        "micro": lambda base: Workload("micro", "20,000 × (os.stat + os.getpid) in Python", micro_command(20_000)),
+        "micro": lambda base: Workload("micro", "20,000 × (os.stat + os.getpid) in Python, the loop's own time",
+                                       micro_command(20_000), self_timed=True),
         "python_start": lambda base: Workload("python_start", "`python3 -c pass` × 20",
                                               repeat_command(f"{TARGET_PYTHON} -c pass", 20)),
         "true_start": lambda base: Workload("true_start", "`/bin/true` × 20", repeat_command("/bin/true", 20)),
@@ -384,9 +440,9 @@ def parser_throughput(trace: Path, cwd: bytes, seconds: float = 1.0) -> tuple[fl
     lines = text.splitlines()
     passes, t0 = 0, time.perf_counter()
     while lines and time.perf_counter() - t0 < seconds:
-        collector = FactCollector(cwd)
+        feed_line = StraceDecoder(FactCollector(), cwd).feed_line
         for line in lines:
-            collector.feed_line(line)
+            feed_line(line)
         passes += 1
     elapsed = time.perf_counter() - t0
     return passes * len(lines) / elapsed, passes * len(text) / elapsed / 1e6
@@ -400,30 +456,49 @@ def record_trace(workload: Workload | NginxWorkload, scratch: Path) -> Path:
     return trace
 
 
+def full_mode(medians: dict) -> str:
+    """The mode that runs capprobe's strace path: --full once it exists, the default until then."""
+    return "capprobe_full" if "capprobe_full" in medians else "capprobe"
+
+
 def summarize(workload: Workload | NginxWorkload, samples: dict[str, list[Sample]],
               parser_alone: tuple[float, float]) -> dict:
     medians = {m: statistics.median(s.value for s in samples[m]) for m in samples}
+    full = full_mode(medians)
     cp = samples["capprobe"]
     lines = statistics.median(s.trace_lines for s in cp)
-    return {
+    spooled = [s for s in samples[full] if s.spool_peak_bytes is not None]
+    result = {
         "name": workload.name,
         "label": workload.label,
         "unit": workload.unit,
         "median": medians,
         "slowdown": {m: slowdown(workload, v, medians["untraced"]) for m, v in medians.items()},
         "capprobe_vs_strace_same_flags": slowdown(workload, medians["capprobe"], medians["strace_cp_flags"]),
-        "capprobe_peak_rss_mib": max(s.capprobe_peak_kib for s in cp) / 1024,
+        "full_mode": full,
+        "full_vs_strace_same_flags": slowdown(workload, medians[full], medians["strace_cp_flags"]),
+        "capprobe_peak_rss_mib": max(s.capprobe_peak_kib for m in samples if m.startswith("capprobe")
+                                     for s in samples[m]) / 1024,
         "trace_lines": lines,
         "lines_per_s_in_run": lines / statistics.median(s.capprobe_seconds for s in cp),
+        # how far the parser was behind strace in full mode: what the spool took off the target
+        "full_spool_peak_mib": max((s.spool_peak_bytes for s in spooled), default=0) / 2**20,
+        "full_catch_up_seconds": statistics.median(s.catch_up_seconds for s in spooled) if spooled else None,
         "parser_alone_lines_per_s": parser_alone[0],
         "parser_alone_mb_per_s": parser_alone[1],
         "samples": {m: [asdict(s) for s in ss] for m, ss in samples.items()},
     }
+    if getattr(workload, "self_timed", False):
+        whole = {m: statistics.median(s.whole_command_seconds for s in samples[m]) for m in samples}
+        result["whole_command"] = {"median": whole,
+                                   "slowdown": {m: v / whole["untraced"] for m, v in whole.items()},
+                                   "full_vs_strace_same_flags": whole[full] / whole["strace_cp_flags"]}
+    return result
 
 
 def rss_vs_volume(scratch: Path, base_mib: float) -> dict:
     """Peak RSS with 4x the micro workload's syscalls (same distinct facts) beside 1x."""
-    big = Workload("micro4x", "", micro_command(80_000)).measure(CAPPROBE, scratch)
+    big = Workload("micro4x", "", micro_command(80_000), self_timed=True).measure(CAPPROBE, scratch)
     return {"syscalls_1x": 40_000, "peak_rss_mib_1x": base_mib,
             "syscalls_4x": 160_000, "peak_rss_mib_4x": big.capprobe_peak_kib / 1024}
 
@@ -432,19 +507,29 @@ def fmt(value: float, unit: str) -> str:
     return f"{value:,.0f}" if unit == "req/s" else f"{value:.3f} s"
 
 
-def markdown(results: list[dict], volume: dict | None) -> str:
-    head = ["workload", *(f"{m.label}" for m in MODES), "capprobe vs strace, same flags",
-            "capprobe peak RSS", "lines parsed", "lines/s in run", "parser alone, lines/s"]
+def _mode_cells(medians: dict, slowdowns: dict, unit: str, modes: tuple[Mode, ...]) -> list[str]:
+    return [fmt(medians[m.name], unit) + ("" if m.name == "untraced" else f" ({slowdowns[m.name]:.1f}×)")
+            for m in modes]
+
+
+def markdown(results: list[dict], volume: dict | None, modes: tuple[Mode, ...]) -> str:
+    head = ["workload", *(m.label for m in modes), "full mode vs strace, same flags", "capprobe peak RSS",
+            "spool peak (full)", "catch-up (full)", "lines parsed", "parser alone, lines/s"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
-        cells = [f"{r['label']} ({r['unit']})"]
-        for m in MODES:
-            v = r["median"][m.name]
-            cells.append(fmt(v, r["unit"]) + ("" if m.name == "untraced" else f" ({r['slowdown'][m.name]:.1f}×)"))
-        cells += [f"{r['capprobe_vs_strace_same_flags']:.2f}×", f"{r['capprobe_peak_rss_mib']:.1f} MiB",
-                  f"{r['trace_lines']:,.0f}", f"{r['lines_per_s_in_run']:,.0f}",
-                  f"{r['parser_alone_lines_per_s']:,.0f} ({r['parser_alone_mb_per_s']:.1f} MB/s)"]
-        rows.append("| " + " | ".join(cells) + " |")
+        catch_up = r["full_catch_up_seconds"]
+        rows.append("| " + " | ".join([
+            f"{r['label']} ({r['unit']})", *_mode_cells(r["median"], r["slowdown"], r["unit"], modes),
+            f"{r['full_vs_strace_same_flags']:.2f}×", f"{r['capprobe_peak_rss_mib']:.1f} MiB",
+            f"{r['full_spool_peak_mib']:.1f} MiB", "" if catch_up is None else f"{catch_up:.2f} s",
+            f"{r['trace_lines']:,.0f}",
+            f"{r['parser_alone_lines_per_s']:,.0f} ({r['parser_alone_mb_per_s']:.1f} MB/s)"]) + " |")
+        if "whole_command" in r:
+            whole = r["whole_command"]
+            rows.append("| " + " | ".join([
+                "  the same, whole command (capprobe's start and stop included) (s)",
+                *_mode_cells(whole["median"], whole["slowdown"], "s", modes),
+                f"{whole['full_vs_strace_same_flags']:.2f}×", "", "", "", "", ""]) + " |")
     if volume:
         rows.append("")
         rows.append(f"capprobe peak RSS: {volume['peak_rss_mib_1x']:.1f} MiB at {volume['syscalls_1x']:,} syscalls, "
@@ -452,19 +537,22 @@ def markdown(results: list[dict], volume: dict | None) -> str:
     return "\n".join(rows)
 
 
-def goals_markdown(results: list[dict]) -> str:
+def goals_markdown(results: list[dict], long: dict | None = None) -> str:
     by = {r["name"]: r for r in results}
-    rows = ["| goal (issue 10) | target | today |", "|---|---|---|"]
+    rows = ["| goal (issue 10) | target | measured |", "|---|---|---|"]
     for name, goal in GOALS.items():
         if name in by:
             rows.append(f"| {by[name]['label']}, `capprobe run` vs untraced | ≤ {goal}× "
                         f"| {by[name]['slowdown']['capprobe']:.1f}× |")
     for name in ("nginx", "micro"):
         if name in by:
-            rows.append(f"| {name}: `capprobe run` (today's only mode, the future `--full`) vs strace "
-                        f"with the same flags | ≤ {FULL_VS_STRACE_GOAL}× "
-                        f"| {by[name]['capprobe_vs_strace_same_flags']:.2f}× |")
-    rows.append(f"| capprobe RSS at 10 M syscalls | ≤ {LONG_RSS_GOAL_MB} MB | `python3 bench/run.py --long` |")
+            full = "`capprobe run --full`" if by[name]["full_mode"] == "capprobe_full" else \
+                "`capprobe run` (strace, the only mode yet)"
+            rows.append(f"| {name}: {full} vs strace with the same flags | ≤ {FULL_VS_STRACE_GOAL}× "
+                        f"| {by[name]['full_vs_strace_same_flags']:.2f}× |")
+    rss = f"{long['rss_peak_mib']:.1f} MiB, {'flat' if long['flat'] else 'growing'}" if long else \
+        "`python3 bench/run.py --long`"
+    rows.append(f"| capprobe RSS at 10 M syscalls | ≤ {LONG_RSS_GOAL_MB} MB | {rss} |")
     return "\n".join(rows)
 
 
@@ -490,9 +578,12 @@ def run_benchmark(args) -> dict:
         scratch = base / "scratch"
         scratch.mkdir()
         chosen = [build(base) for name, build in builders.items() if not args.only or name in args.only]
-        samples = {w.name: {m.name: [] for m in MODES} for w in chosen}
+        modes, skipped = available_modes(run_options())
+        for note in skipped:
+            print(f"bench: {note}", file=sys.stderr)
+        samples = {w.name: {m.name: [] for m in modes} for w in chosen}
         for round_no in range(args.rounds):
-            order = MODES[round_no % len(MODES):] + MODES[:round_no % len(MODES)]
+            order = modes[round_no % len(modes):] + modes[:round_no % len(modes)]
             for w in chosen:
                 for mode in order:
                     s = w.measure(mode, scratch)
@@ -513,6 +604,8 @@ def run_benchmark(args) -> dict:
         "quick": args.quick,
         "seconds": round(time.time() - t_start, 1),
         "rss_how": "VmHWM of the capprobe Python process (not strace, not the target), read every 20 ms",
+        "modes": [m.name for m in modes],
+        "modes_not_measured": skipped,
         "workloads": results,
         "rss_vs_volume": volume,
     }
@@ -534,13 +627,19 @@ def long_session(syscalls: int) -> dict:
             if proc.poll() is None:
                 stop_tree(proc)
             watch.stop()
-        lines = json.loads((scratch / "profile.json").read_text())["parser"]["lines"]
+        profile = json.loads((scratch / "profile.json").read_text())
+        lines, spool = profile["parser"]["lines"], profile["run"]["tracer"].get("spool", {})
     series = [kib / 1024 for _, kib in watch.series if kib]  # 0: read between fork and exec
-    settled = series[len(series) // 10:]  # after start-up: imports, probe set-up
-    growth = max(settled) - settled[0]
+    # Flat: the last tenth of the run no higher than the second tenth (after start-up: imports,
+    # probe set-up), median against median; a batch of lines in hand moves RSS up and down by
+    # a few MiB from second to second, which the peak shows.
+    tenth = max(1, len(series) // 10)
+    settled, last = statistics.median(series[tenth:2 * tenth]), statistics.median(series[-tenth:])
+    growth = last - settled
     return {"syscalls": syscalls, "trace_lines": lines, "seconds": round(time.perf_counter() - t0, 1),
-            "rss_start_mib": series[0], "rss_settled_mib": settled[0], "rss_peak_mib": watch.peak_kib / 1024,
+            "rss_start_mib": series[0], "rss_settled_mib": settled, "rss_peak_mib": watch.peak_kib / 1024,
             "rss_end_mib": series[-1], "growth_after_start_mib": growth, "flat": growth < 2.0,
+            "spool": spool,
             "rss_series_mib": [round(v, 1) for v in series]}
 
 
@@ -562,7 +661,7 @@ def main() -> int:
     ap.add_argument("--long-syscalls", type=positive, default=10_000_000)
     args = ap.parse_args()
     args.rounds = args.rounds or (2 if args.quick else 5)
-    args.json = args.json or HERE / ("results-long.json" if args.long else "results.json")
+    args.json = args.json or (LONG_RESULTS if args.long else HERE / "results.json")
     # SIGTERM unwinds like Ctrl-C, so every finally stops what it started
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
@@ -573,15 +672,21 @@ def main() -> int:
                   f"settled {report['rss_settled_mib']:.1f}, peak {report['rss_peak_mib']:.1f}, "
                   f"end {report['rss_end_mib']:.1f}; "
                   f"{'flat' if report['flat'] else 'GROWING'} (+{report['growth_after_start_mib']:.1f} MiB "
-                  f"after start-up); goal ≤ {LONG_RSS_GOAL_MB} MB")
+                  f"after start-up); goal ≤ {LONG_RSS_GOAL_MB} MB; trace spool at most "
+                  f"{report['spool'].get('peak_unread_bytes', 0) / 2**20:.1f} MiB unread, parsing ended "
+                  f"{report['spool'].get('catch_up_seconds', 0):.1f} s after strace")
         else:
             report = run_benchmark(args)
             print(f"measured: capprobe at {report['measured']}; {report['rounds']} rounds, medians; "
                   f"{report['seconds']} s; load average {report['host']['load_avg_before'][0]:.1f} before, "
                   f"{report['host']['load_avg_after'][0]:.1f} after; ratios are slowdowns against untraced\n")
-            print(markdown(report["workloads"], report["rss_vs_volume"]))
+            modes = tuple(m for m in MODES if m.name in report["modes"])
+            print(markdown(report["workloads"], report["rss_vs_volume"], modes))
+            for note in report["modes_not_measured"]:
+                print(f"\n{note}.")
             print()
-            print(goals_markdown(report["workloads"]))
+            long = json.loads(LONG_RESULTS.read_text()) if LONG_RESULTS.exists() else None
+            print(goals_markdown(report["workloads"], long))
     except BenchError as e:
         print(f"bench: {e}", file=sys.stderr)
         return 1

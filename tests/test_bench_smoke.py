@@ -37,10 +37,21 @@ def test_nginx_sample_serves_under_wrk_and_stops_nginx(tmp_path):
 
 @needs_root
 @needs_strace
-def test_micro_under_capprobe_reports_rss_and_parsed_lines(tmp_path):
-    sample = bench.Workload("micro", "", bench.micro_command(200)).measure(bench.CAPPROBE, tmp_path)
+def test_micro_under_capprobe_reports_rss_parsed_lines_and_the_spool(tmp_path):
+    sample = bench.Workload("micro", "", bench.micro_command(200), self_timed=True).measure(bench.CAPPROBE, tmp_path)
     assert sample.capprobe_peak_kib > 10 * 1024  # a Python process: this is capprobe, not an empty read
     assert sample.trace_lines >= 400  # 200 stat + 200 getpid, each one strace line
+    assert 0 < sample.value < sample.whole_command_seconds  # the loop's own time, inside the whole run
+    assert sample.spool_peak_bytes > 0 and sample.catch_up_seconds >= 0
+
+
+def test_modes_capprobe_cannot_run_are_skipped_with_a_note():
+    modes, notes = bench.available_modes({"--full", "--output"})
+    names = [m.name for m in modes]
+    assert "capprobe_full" in names and "capprobe_fast" not in names
+    assert notes == ["`capprobe run --fast` not measured: this capprobe has no --fast option"]
+    full = next(m for m in modes if m.name == "capprobe_full")
+    assert "--full" in full.wrap(["/bin/true"], bench.Path("/tmp"))
 
 
 def named(procs, name: str) -> list[psutil.Process]:

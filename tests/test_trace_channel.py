@@ -293,9 +293,8 @@ def test_cgroup_text_parsing():
 def test_the_launchers_syscalls_before_the_exec_are_not_the_targets():
     # strace attaches while the launcher waits at its gate: what it does until its first
     # successful execve (finishing the read, closing the gate, a failed PATH search) is capprobe's.
-    from capprobe.facts.collector import FactCollector
-    c = FactCollector(b"/", attached=True)
-    for line in [
+    from capprobe.facts.decode import collect_strace
+    c = collect_strace([line + "\n" for line in [
         '700 1.000000 restart_syscall(<... resuming interrupted read ...>) = 1',
         '700 1.000100 close(4</dev/pts/0>) = 0',
         '700 1.000200 openat(AT_FDCWD</>, "/etc/launcher-only", O_RDONLY) = 3</etc/launcher-only>',
@@ -303,8 +302,7 @@ def test_the_launchers_syscalls_before_the_exec_are_not_the_targets():
         '700 1.000400 execve("/bin/true", ["true"], 0x7ffd /* 3 vars */) = 0',
         '700 1.000500 openat(AT_FDCWD</>, "/etc/ld.so.cache", O_RDONLY|O_CLOEXEC) = 3</etc/ld.so.cache>',
         '700 1.000600 +++ exited with 0 +++',
-    ]:
-        c.feed_line(line + "\n")
+    ]], attached=True)
     p = c.sections()
     assert set(p["syscalls"]) == {"execve", "openat"} and p["syscalls"]["execve"]["count"] == 1
     assert [f["path"] for f in p["files"]] == ["/bin/true", "/etc/ld.so.cache"]

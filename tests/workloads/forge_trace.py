@@ -6,11 +6,12 @@ their children: capprobe and strace, whichever is which) through /proc/PID/fd an
 through pidfd_getfd(), the FIFOs
 and sockets under /tmp/capprobe-run-* (where the FIFO used to be), $NOTIFY_SOCKET and
 every abstract socket named capprobe-*, and its own stdout/stderr. It writes only to
-pipes, FIFOs and sockets, never to regular files, and only near itself: run with more
+pipes, FIFOs, sockets and files without a name (never to a named file), and only near itself: run with more
 privilege it would otherwise scribble into unrelated processes.
 
 Writes {"attempts": N, "opened": [...]} as JSON to argv[1]: "opened" lists the pipes and
-FIFOs outside its own process that it managed to open for writing.
+FIFOs outside its own process that it managed to open for writing, and the unnamed files
+(the trace spool is one: O_TMPFILE, no link on any file system).
 """
 
 import ctypes
@@ -77,7 +78,9 @@ def main(result_path: str) -> None:
         nonlocal attempts
         attempts += 1
         try:
-            if stat.S_ISFIFO(os.fstat(fd).st_mode) or stat.S_ISSOCK(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if (stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode)
+                    or (stat.S_ISREG(st.st_mode) and st.st_nlink == 0)):
                 os.write(fd, payload)
         except OSError:
             pass
@@ -86,9 +89,12 @@ def main(result_path: str) -> None:
         nonlocal attempts
         attempts += 1
         try:
-            if not stat.S_ISFIFO(os.stat(path).st_mode):
-                return  # a pipe re-opened through /proc is a FIFO; leave every other file alone
-            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            st = os.stat(path)
+            # a pipe re-opened through /proc is a FIFO, the spool a regular file with no name;
+            # leave every other file alone
+            if not (stat.S_ISFIFO(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink == 0)):
+                return
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
         except OSError:
             return
         try:
