@@ -4,6 +4,10 @@ Like /run/systemd/notify it takes datagrams from any uid (a daemon that dropped 
 own user must still reach it) and judges the sender by its pid (SO_PASSCRED), not by
 file permissions. It is an abstract socket with a 128-bit random name: nothing on the
 file system, nowhere near the trace.
+
+Under systemd (`capprobe service`), capprobe is the unit's main process and the target's
+messages are for systemd: the listener forwards them from capprobe's own pid, so systemd
+(NotifyAccess=main) takes READY=1 and the daemon is not killed for a missed notification.
 """
 
 from __future__ import annotations
@@ -19,6 +23,37 @@ MAX_WORD = 200
 _CREDS = struct.Struct("iII")  # struct ucred: pid, uid, gid
 
 
+# What capprobe passes on, as the main process, for the target: its state and liveness
+# only. Everything else stays behind, by allow-list because systemd grows new assignments
+# (MAINPID= and NOTIFYACCESS= would let the target take over or widen who systemd
+# listens to; capprobe must stay the main process so a stop reaches it and the profile
+# is written; FDSTORE= cannot work, the fds are not forwarded, only the bytes).
+FORWARDED = (b"READY=1", b"RELOADING=1", b"STOPPING=1", b"STATUS=", b"ERRNO=", b"BUSERROR=",
+             b"WATCHDOG=1", b"WATCHDOG=trigger", b"WATCHDOG_USEC=", b"EXTEND_TIMEOUT_USEC=",
+             b"MONOTONIC_USEC=")
+
+
+def forwarded_message(data: bytes) -> bytes:
+    """The lines of a target's datagram that capprobe passes on to systemd."""
+    return b"\n".join(line for line in data.split(b"\n") if line.startswith(FORWARDED))
+
+
+def socket_address(address: str) -> str:
+    """$NOTIFY_SOCKET as bind/sendto takes it: '@name' is the abstract namespace."""
+    return "\0" + address[1:] if address.startswith("@") else address
+
+
+def notify_systemd(address: str, data: bytes) -> None:
+    """Send one sd_notify datagram from capprobe itself (best effort, as sd_notify is)."""
+    if not data:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        try:
+            s.sendto(data, socket_address(address))
+        except OSError:
+            pass  # systemd gone or not listening: the service's own sd_notify would fail the same way
+
+
 def message_words(data: bytes) -> list[str]:
     """'READY=1\\nSTATUS=up' -> ['READY=1', 'STATUS=up'], bounded and printable."""
     words = [w.decode("utf-8", "backslashreplace")[:MAX_WORD] for w in data.split(b"\n") if w]
@@ -28,7 +63,8 @@ def message_words(data: bytes) -> list[str]:
 class NotifyListener:
     """Receives sd_notify messages from members of the target's cgroup; drained so senders never block."""
 
-    def __init__(self, accept_pid) -> None:
+    def __init__(self, accept_pid, forward_to: str | None = None) -> None:
+        self._forward_to = forward_to  # systemd's $NOTIFY_SOCKET when capprobe runs as a unit's command
         self.address = f"@capprobe-notify-{secrets.token_hex(16)}"
         self._accept_pid = accept_pid
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -55,7 +91,10 @@ class NotifyListener:
                     if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS), None)
         if pid is None or not self._accept_pid(pid):
             self.rejected += 1
-        elif len(self.received) < MAX_RECORDED:
+            return
+        if self._forward_to is not None:
+            notify_systemd(self._forward_to, forwarded_message(data))
+        if len(self.received) < MAX_RECORDED:
             self.received.append({"pid": pid, "words": message_words(data)})
         else:
             self.dropped += 1
