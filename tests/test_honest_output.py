@@ -145,3 +145,22 @@ def test_real_non_utf8_file_name_widens_to_its_directory(srv_dir):
     assert rw.split("=", 1)[1].split() == [f"{srv_dir}/a", f"{srv_dir}/b"]
     comments = " ".join(line[2:] for line in unit.splitlines() if line.startswith("# "))
     assert f"widened to {srv_dir}/a" in comments
+
+
+INTERRUPTED_IMPORT = """
+import sys
+class Interrupt:  # Ctrl-C arriving while capprobe's modules load (about half a second)
+    def find_spec(self, name, path=None, target=None):
+        if name == "capprobe.cli":
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, Interrupt())
+from capprobe.__main__ import entry
+entry()
+"""
+
+
+def test_ctrl_c_while_capprobe_loads_is_an_interrupt_not_a_traceback():
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", INTERRUPTED_IMPORT], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 130 and "Traceback" not in r.stderr, r.stderr

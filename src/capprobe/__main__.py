@@ -1,5 +1,15 @@
-"""python3 -m capprobe: the same as the capprobe command."""
+"""python3 -m capprobe, and the capprobe command: one entry for both."""
 
-from .cli import main
+import sys
 
-main()
+
+def entry() -> None:
+    try:
+        from .cli import main  # half a second of imports: a Ctrl-C then is an interrupt, not a traceback
+    except KeyboardInterrupt:
+        sys.exit(130)
+    main()
+
+
+if __name__ == "__main__":
+    entry()
