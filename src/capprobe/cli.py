@@ -12,6 +12,7 @@ import click
 from . import __version__
 from .paths import decode_path, printable
 from .profile import ProfileError, load_profile, save_profile, write_atomically
+from .render.export import ExportFormat
 from .rules.base import RuleContext, UnitOptions
 from .session import RunOptions, SessionError, parse_env_assignments, run_session
 from .validate import InvalidField, validate_profile
@@ -104,10 +105,20 @@ def main() -> None:
 @click.option("--unit", "unit_name", default=None,
               help="Name of the unit to synthesize beside the profile (default: <command>.service).")
 @click.option("--no-unit", is_flag=True, help="Write only the profile.")
-@click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
+@click.option("-q", "--quiet", is_flag=True, help="No status line and no summary on stderr.")
+@click.option("--checkpoint", type=click.FloatRange(min=1), default=None, metavar="SECONDS",
+              help="Write the profile every SECONDS while the run goes on (atomically, marked incomplete "
+                   "until the final one), so a crash loses at most that much.")
+@click.option("--fast/--full", default=False, show_default=True,
+              help="--fast: strace while the service starts, then only the kernel's first-seen facts "
+                   "(bpftrace; the steady state runs near full speed). --full: strace throughout.")
+@click.option("--settle", type=click.FloatRange(min=0, max=60), default=2.0, show_default=True, metavar="SECONDS",
+              help="--fast switches to the kernel side after SECONDS without a new fact (or at READY=1); "
+                   "0: from the start (the target waits until the kernel program is attached).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
 def run(output, force, duration, grace, user, group, caps, drop_caps, cap_probe, no_cap_probe, env, exercises,
-        exercise_delay, confirm_caps, check, reset, unit_name, no_unit, quiet, command) -> None:
+        exercise_delay, confirm_caps, check, reset, unit_name, no_unit, quiet, checkpoint, fast, settle,
+        command) -> None:
     """Trace COMMAND (after --), write its profile and a hardened unit beside it."""
     command = list(command)
     if (check is not None or reset is not None) and not confirm_caps:
@@ -131,14 +142,18 @@ def run(output, force, duration, grace, user, group, caps, drop_caps, cap_probe,
     opts = RunOptions(command=command, duration=duration, grace=grace, user=user,
                       group=group, caps=caps, cap_probe="off" if no_cap_probe else cap_probe,
                       drop_caps=list(drop_caps), env=run_env, exercises=list(exercises),
-                      exercise_delay=exercise_delay)
+                      exercise_delay=exercise_delay, live_status=not quiet, fast=fast, settle=settle)
     status = (lambda msg: None) if quiet else (lambda msg: click.echo(printable(f"capprobe: {msg}"), err=True))
+    if checkpoint is not None:
+        from .checkpoint import Checkpoints
+        opts.checkpoint = Checkpoints(output, checkpoint, force, status)
     try:
         result = run_session(opts, status=status)
     except SessionError as e:
         _fail(str(e), e.exit_code)
     try:
-        save_profile(result.profile, output, force=force)
+        save_profile(result.profile, output, force=force or (opts.checkpoint is not None
+                                                             and opts.checkpoint.final_may_replace))
     except ProfileError as e:
         _fail(str(e))
     if not quiet:
@@ -449,6 +464,231 @@ def tighten(output, start_unit, profile_out, check, duration, user, dynamic_user
     click.echo(f"capprobe: {len(relaxations)} relaxation(s); unit written to {dest}"
                + ("" if verdict.passed else " (it still FAILS: see above)"), err=True)
     sys.exit(0 if verdict.passed else 1)
+
+
+@cli.command(name="attach")
+@click.argument("pid", type=click.IntRange(min=1))
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Detach after this many seconds (default: at Ctrl-C, SIGTERM, or when the target exits).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Profile file (default: <program>.profile.json, numbered if it exists).")
+@click.option("--force", is_flag=True, help="Replace the output files if they exist.")
+@click.option("--cap-probe", "cap_probe", type=click.Choice(["auto", "tracefs", "bpftrace", "off"]),
+              default="auto", show_default=True, help="Kernel capability probe, as for run.")
+@click.option("--no-unit", is_flag=True, help="Write only the profile.")
+@click.option("-q", "--quiet", is_flag=True, help="No status line and no summary on stderr.")
+def attach_command(pid, duration, output, force, cap_probe, no_unit, quiet) -> None:
+    """Follow the running process PID (its threads and children) and detach, leaving it running."""
+    from .attach import AttachOptions, attach_session
+    program = os.path.basename(os.fsdecode(_readlink(f"/proc/{pid}/exe") or b"")) or f"pid{pid}"
+    if output is None:
+        output = default_profile_path([program])
+    else:
+        _check_output_path(output)
+        if output.exists() and not force:
+            _fail(f"{output} exists; use --force to replace it")
+    unit_path = None if no_unit else output.parent / f"{_unit_name(program)}.service"
+    if unit_path is not None and unit_path.exists() and not force:
+        _fail(f"{unit_path} exists; use --force to replace it, or --no-unit")
+    say = (lambda msg: None) if quiet else (lambda msg: click.echo(printable(f"capprobe: {msg}"), err=True))
+    try:
+        result = attach_session(AttachOptions(pid=pid, duration=duration, cap_probe=cap_probe,
+                                                     live_status=not quiet), status=say)
+    except SessionError as e:
+        _fail(str(e), e.exit_code)
+    try:
+        save_profile(result.profile, output, force=force)
+    except ProfileError as e:
+        _fail(str(e))
+    if not quiet:
+        from .render.summary import one_paragraph
+        for note in result.notes:
+            say(note)
+        click.echo(one_paragraph(result.profile, str(output)), err=True)
+    if unit_path is not None:
+        _write_unit(result.profile, UnitOptions(name=unit_path.name[:-len(".service")]), str(unit_path),
+                    force, quiet)
+
+
+def _readlink(path: str) -> bytes | None:
+    try:
+        return os.readlink(os.fsencode(path))
+    except OSError:
+        return None
+
+
+@cli.command(name="export")
+@click.option("--format", "fmt", required=True, type=click.Choice([f.value for f in ExportFormat]),
+              help="oci-seccomp: the seccomp JSON runc/crun/podman/docker take; docker: `docker run` flags; "
+                   "compose: a service snippet; k8s: a Pod with the container's securityContext.")
+@click.argument("profile", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="File to write (default: stdout).")
+@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
+@click.option("--name", default=None, help="Service name (default: the traced program's).")
+@click.option("--seccomp-file", default=None,
+              help="Where the oci-seccomp export is kept, as docker, compose and k8s name it (default: NAME.seccomp.json).")
+@click.option("--image", default="IMAGE", show_default=True, help="Container image for docker, compose and k8s.")
+def export_command(fmt, profile, output, force, name, seccomp_file, image) -> None:
+    """Export PROFILE's needs for another tool: a seccomp filter, docker flags, compose, Kubernetes."""
+    from .render.export import ExportError, export, export_options
+    if output is not None:
+        _check_output_path(output)
+        if output.exists() and not force:
+            _fail(f"{output} exists; use --force to replace it")
+    try:
+        data = load_profile(profile)
+        validate_profile(data, None, None)
+    except ProfileError as e:
+        _fail(str(e))
+    except InvalidField as e:
+        _fail(f"{profile}: {e}")
+    if name is not None:
+        name = _unit_name(name)
+    try:
+        text = export(data, ExportFormat(fmt), export_options(data, name, seccomp_file, image))
+    except ExportError as e:
+        _fail(f"{profile}: {e}")
+    from .render.summary import profile_warnings
+    for warning in profile_warnings(data):  # an export of a failed or partial run may miss needs
+        click.echo(printable(f"capprobe: {warning}"), err=True)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        write_atomically(output, text.encode(), force)
+    except ProfileError as e:
+        _fail(str(e))
+
+
+
+@cli.group()
+def service() -> None:
+    """Profile an installed systemd service where it runs: start, let it work, finish."""
+
+
+def _say(msg: str) -> None:
+    click.echo(printable(f"capprobe: {msg}"), err=True)
+
+
+@service.command("start")
+@click.argument("name")
+@click.option("--lift-sandbox", is_flag=True,
+              help="Profile a unit with ProtectSystem=, PrivateTmp=, SystemCallFilter= and the like, although "
+                   "its commands run outside them while profiled.")
+def service_start(name, lift_sandbox) -> None:
+    """Run NAME's commands under capprobe (a runtime drop-in) and restart it."""
+    from .service import ServiceError, start
+    try:
+        start(name, say=_say, lift_sandbox=lift_sandbox)
+    except ServiceError as e:
+        _fail(str(e), e.exit_code)
+
+
+@service.command("finish")
+@click.argument("name")
+@click.option("-o", "--output-dir", type=click.Path(path_type=Path), default=Path("."), show_default=True,
+              help="Where to write NAME.profile.json, NAME.service, NAME.hardening.conf, NAME.setup.sh.")
+@click.option("--force", is_flag=True, help="Replace existing files.")
+@click.option("--apply", "apply_", is_flag=True,
+              help="Install the hardening as a drop-in, restart, verify; roll back if the service fails.")
+@click.option("--check", default=None, metavar="CMD", help="With --apply: a command that must succeed (curl ...).")
+@click.option("--duration", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="With --apply: seconds the hardened service must stay up.")
+def service_finish(name, output_dir, force, apply_, check, duration) -> None:
+    """Restore NAME's unit exactly, merge its commands' profiles, write the hardened unit."""
+    from .service import ServiceError, finish
+    try:
+        code = finish(name, output_dir, force=force, apply=apply_, check=check, duration=duration, say=_say)
+    except ServiceError as e:
+        _fail(str(e), e.exit_code)
+    sys.exit(code)
+
+
+@service.command("exec", hidden=True, context_settings={"ignore_unknown_options": True,
+                                                       "allow_interspersed_args": False})
+@click.argument("name")
+@click.argument("kind")
+@click.argument("index", type=int)
+@click.option("--user", default=None)
+@click.option("--group", default=None)
+@click.option("--keep-caps", default=None)
+@click.option("--no-new-privileges", is_flag=True)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
+def service_exec(name, kind, index, user, group, keep_caps, no_new_privileges, command) -> None:
+    """What the drop-in of `service start` runs in place of each command (not for direct use)."""
+    from .service import ServiceError, exec_command
+    command = list(command)[1:] if command[:1] == ("--",) else list(command)  # click keeps a "--" after arguments
+    try:
+        code = exec_command(name, kind, index, user, group, keep_caps, command, status=_say,
+                            no_new_privileges=no_new_privileges)
+    except ServiceError as e:
+        _fail(str(e), e.exit_code)
+    sys.exit(code)
+
+
+@cli.command()
+@click.argument("profile", type=click.Path(path_type=Path))
+@click.option("--html", "html_path", type=click.Path(path_type=Path), required=True,
+              help="The HTML page to write (one self-contained file).")
+@click.option("--diff", "baseline", type=click.Path(path_type=Path), default=None,
+              help="A baseline profile: the page also shows what PROFILE needs that it did not, and the reverse.")
+@click.option("--name", default=None, help="Service name (default: the traced program's).")
+@click.option("--force", is_flag=True, help="Replace the HTML file if it exists.")
+def report(profile, html_path, baseline, name, force) -> None:
+    """Write one HTML page about PROFILE: the unit with its evidence, exposure before -> after,
+    capabilities, written paths, and with --diff what changed since a baseline."""
+    from .render.report import report_page
+    _check_output_path(html_path)
+    if html_path.exists() and not force:
+        _fail(f"{html_path} exists; use --force to replace it")
+    loaded = []
+    for path in (profile, baseline):
+        if path is None:
+            continue
+        try:
+            loaded.append(load_profile(path))
+            validate_profile(loaded[-1], None, None)
+        except ProfileError as e:
+            _fail(str(e))
+        except InvalidField as e:
+            _fail(f"{path}: {e}")
+    data, old = loaded[0], (loaded[1] if baseline is not None else None)
+    name = _unit_name(name or os.path.basename(os.fsdecode(decode_path(data["run"]["command"][0]))) or "service")
+    try:
+        write_atomically(html_path, report_page(data, name, old).encode(), force)
+    except ProfileError as e:
+        _fail(str(e))
+    click.echo(f"capprobe: report written to {printable(str(html_path))}", err=True)
+
+
+@cli.command()
+@click.argument("profiles", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The merged profile to write.")
+@click.option("--force", is_flag=True, help="Replace the output file if it exists (never an input).")
+def merge(profiles, output, force) -> None:
+    """Union several sessions' profiles into one; each fact says which session saw it."""
+    from .merge import merge_files
+    _check_output_path(output)
+    try:
+        click.echo(f"capprobe: {merge_files(list(profiles), output, force)}", err=True)
+    except ProfileError as e:
+        _fail(str(e))
+
+
+@cli.command()
+@click.argument("baseline", type=click.Path(path_type=Path))
+@click.argument("new", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def diff(baseline, new, as_json) -> None:
+    """What NEW needs that BASELINE did not, and what it no longer needs.
+    Exit 1 when NEW needs more, 0 when not, 2 on bad input."""
+    from .diff import diff_files
+    try:
+        text, code = diff_files(baseline, new, as_json)
+    except ProfileError as e:
+        _fail(str(e))
+    click.echo(text, nl=False)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -29,12 +29,16 @@ from . import __version__
 from .capability_recorder import CapabilityRecorder
 from .cgroup import TargetCgroup
 from .facts.collector import FactCollector
+from .facts.decode import StraceDecoder
 from .filestat import describe_executables, record_file_modes
 from .hoststamp import host_stamp
 from .notify import NotifyListener
 from .paths import encode_path
 from .profile import SCHEMA
-from .tracing.strace import STRACE_FLAGS, AttachError, attach, open_trace_pipe, wait_attached
+from .status import StatusLine, session_progress
+from .tracing.kernel import FastMode
+from .tracing.strace import (STRACE_FLAGS, AttachError, SpoolError, SpoolFollower, attach, open_trace_spool,
+                             wait_attached)
 
 # What systemd gives a service (not the invoking shell's $PATH, which may search /root).
 SYSTEMD_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -99,6 +103,13 @@ class RunOptions:
     env: dict[str, str] = field(default_factory=dict)  # --env NAME=VALUE: the unit's Environment=
     exercises: list[str] = field(default_factory=list)  # --exercise CMD: shell commands run during the run
     exercise_delay: float = 1.0  # before the first exercise, between two, and before judging survival
+    notify_forward: str | None = None  # systemd's $NOTIFY_SOCKET: pass the target's sd_notify on (service exec)
+    on_started: object = None  # called with the target's pid once it runs (service exec: forking readiness)
+    checkpoint: object = None  # --checkpoint S: a checkpoint.Checkpoints, written from the read loop
+    live_status: bool = False  # the status line on stderr while it runs (drawn only on a terminal)
+    fast: bool = False  # --fast: strace for the start-up, then the kernel's first-seen maps (tracing/kernel.py)
+    settle: float = 2.0  # --settle S: fast mode switches after S seconds without a new fact (or READY=1)
+    no_new_privileges: bool = False  # the unit's NoNewPrivileges=yes (service exec): set before the exec
 
 
 @dataclass
@@ -122,16 +133,24 @@ def resolve_command(argv0: str) -> str:
     return found
 
 
+def strace_missing() -> str:
+    """The one line for a host without strace: what to install, and what works without it."""
+    return ("capprobe: strace is not installed, and run and attach trace syscalls with it: install it "
+            "(Debian/Ubuntu: apt-get install strace; Fedora/RHEL: dnf install strace; Alpine: apk add strace), "
+            "or profile on a staging host that has it")
+
+
 def identity_spec(opts: RunOptions) -> dict | None:
     """What the launcher must change before it execs the target, or None to start as we are."""
-    if opts.user is None and opts.caps == "all" and not opts.drop_caps:
+    if opts.user is None and opts.caps == "all" and not opts.drop_caps and not opts.no_new_privileges:
         return None
     from .capabilities import cap_number
     try:
         drop = sorted({cap_number(c) for c in opts.drop_caps})
     except ValueError as e:
         raise SessionError(f"capprobe: {e}") from None
-    spec: dict = {"caps": opts.caps, "uid": None, "gid": None, "groups": [], "drop": drop}
+    spec: dict = {"caps": opts.caps, "uid": None, "gid": None, "groups": [], "drop": drop,
+                  "no_new_privileges": opts.no_new_privileges}
     if opts.user is not None:
         try:
             pw = pwd.getpwnam(opts.user) if not opts.user.isdigit() else pwd.getpwuid(int(opts.user))
@@ -385,7 +404,7 @@ def _start_launcher(exe: str, opts: RunOptions, spec: dict | None, env: dict[str
     """Fork the launcher and wait until it has taken the service's identity: (process, gate fd)."""
     ready_r, ready_w = os.pipe()
     gate_r, gate_w = os.pipe()
-    argv = [sys.executable, "-m", "capprobe.launch", "--ready", str(ready_w), "--gate", str(gate_r),
+    argv = [sys.executable, "-m", "capprobe.tracing.launcher", "--ready", str(ready_w), "--gate", str(gate_r),
             json.dumps({**(spec or {}), "env": env}), "--", exe, *opts.command]
     try:
         launcher = subprocess.Popen(argv, cwd=cwd, pass_fds=(ready_w, gate_r))
@@ -411,6 +430,25 @@ def _start_launcher(exe: str, opts: RunOptions, spec: dict | None, env: dict[str
     raise SessionError(f"capprobe: the launcher ended ({rc}) before starting the target", 126)
 
 
+@dataclass
+class SessionState:
+    """One traced session, filled in as its parts start: what its profile is built from."""
+    opts: RunOptions
+    exe: str
+    spec: dict | None
+    start_cwd: str
+    started: float
+    target: _Target
+    notes: list[str]
+    notify: NotifyListener | None = None
+    collector: FactCollector | None = None
+    recorder: CapabilityRecorder | None = None
+    main_pid: int | None = None  # $MAINPID: the target's own process (the launcher exec'd it)
+    exercises: ExerciseRunner | None = None
+    spool: dict | None = None  # the trace spool's figures (SpoolStats.as_dict)
+    trace_lost: str | None = None  # why part of strace's output never reached capprobe
+
+
 def run_session(opts: RunOptions, status=lambda msg: None) -> RunResult:
     """Trace OPTS.command to its end and return the profile and the exit code."""
     if not opts.command:
@@ -418,14 +456,12 @@ def run_session(opts: RunOptions, status=lambda msg: None) -> RunResult:
     exe = resolve_command(opts.command[0])
     strace = shutil.which("strace")
     if strace is None:
-        raise SessionError("capprobe: strace is not installed (apt-get install strace)")
+        raise SessionError(strace_missing())
     spec = identity_spec(opts)
-    notes: list[str] = []
-    start_cwd = os.path.abspath(opts.cwd or os.getcwd())
-
-    started = time.time()
-    target = _Target(opts.grace)
-    forwarder = notify = recorder = tracer = launcher = collector = exercises = None
+    state = SessionState(opts, exe, spec, os.path.abspath(opts.cwd or os.getcwd()), time.time(),
+                         _Target(opts.grace), [])
+    target = state.target
+    forwarder = tracer = launcher = fast = None
     trace_r = gate_w = -1
     gate_opened = False
 
@@ -439,54 +475,74 @@ def run_session(opts: RunOptions, status=lambda msg: None) -> RunResult:
     try:
         # First, before any thread exists: every later thread inherits the blocked mask.
         forwarder = SignalForwarder(forward)
-        target.cgroup = TargetCgroup.create(notes)
+        target.cgroup = TargetCgroup.create(state.notes)
         # Like systemd, offer a notification socket: a daemon that speaks sd_notify
         # shows it only when NOTIFY_SOCKET is set (it decides Type=notify).
-        notify = NotifyListener(target.cgroup.is_member if target.cgroup is not None else lambda pid: True)
-        collector = FactCollector(os.fsencode(start_cwd), os.fsencode(notify.address), attached=True)
-        env = service_environment(spec, notify.address, opts.env)
-        launcher, gate_w = _start_launcher(exe, opts, spec, env, start_cwd)
+        state.notify = NotifyListener(target.cgroup.is_member if target.cgroup is not None else lambda pid: True,
+                                      forward_to=opts.notify_forward)
+        state.collector = FactCollector(os.fsencode(state.notify.address),
+                                        attached=True)
+        if opts.fast:  # compiling the kernel program takes seconds: it starts now, beside the start-up
+            fast = FastMode.start(target.cgroup, state.collector, state.notify, opts.settle, status, state.notes)
+        env = service_environment(spec, state.notify.address, opts.env)
+        launcher, gate_w = _start_launcher(exe, opts, spec, env, state.start_cwd)
+        state.main_pid = launcher.pid
         if target.cgroup is not None:
             target.cgroup.add(launcher.pid)
             target.cgroup.watch()
         target.started(launcher.pid)
-        recorder = CapabilityRecorder.start(opts.cap_probe, launcher.pid, collector, notes)
-        trace_r, trace_w = open_trace_pipe()
+        state.recorder = CapabilityRecorder.start(opts.cap_probe, launcher.pid, state.collector, state.notes)
         try:
-            tracer = attach(strace, launcher.pid, trace_w)
+            trace_r, trace_w = open_trace_spool()
+        except SpoolError as e:
+            raise SessionError(str(e), 1) from None
+        try:
+            tracer = attach(strace, launcher.pid, trace_w, detachable=fast is not None)
         finally:
             os.close(trace_w)
-        recorder.exclude_pid(tracer.pid)  # strace's own /proc reads of the target are not the target's
+        state.recorder.exclude_pid(tracer.pid)  # strace's own /proc reads of the target are not the target's
         try:
             wait_attached(launcher.pid, tracer)
         except AttachError as e:
             raise SessionError(f"capprobe: {e}", 1) from None
+        if fast is not None:
+            fast.before_start()  # --settle 0: the kernel program must be attached before the target starts
         os.write(gate_w, b"G")  # the target starts now, traced from its execve on
         os.close(gate_w)
         gate_w = -1
         gate_opened = True
+        if opts.on_started is not None:
+            opts.on_started(launcher.pid)
         if opts.duration is not None:
             target.later(opts.duration, target.end_duration)
         if opts.exercises:
             # not launcher.poll(): it answers "running" while the main thread holds the wait lock
-            exercises = ExerciseRunner(opts.exercises, opts.exercise_delay, launcher.pid,
-                                       lambda: launcher.returncode is None and process_running(launcher.pid),
-                                       status, started)
+            state.exercises = ExerciseRunner(opts.exercises, opts.exercise_delay, launcher.pid,
+                                             lambda: launcher.returncode is None and process_running(launcher.pid),
+                                             status, state.started)
+        stream_fd, trace_r = trace_r, -1  # follow_trace closes it
+        checkpoint = opts.checkpoint
+        live = StatusLine(lambda: session_progress(state.collector, state.recorder), opts.live_status)
 
-        # strace closes the pipe when it exits: once every traced process is gone.
-        with os.fdopen(trace_r, "rb", buffering=1 << 16) as stream:
-            trace_r = -1
-            for lines, raw in enumerate(stream, 1):
-                collector.feed_line(raw.decode("latin-1"))
-                if not lines & 0x1F:
-                    recorder.drain()
-        tracer.wait()
+        def tick() -> None:
+            live.tick()
+            if checkpoint is not None:
+                checkpoint.tick(state)
+            if fast is not None:
+                fast.tick(tracer)  # may detach strace: the service has settled
+        with live:  # strace's lines, then (fast mode, once strace detached) the kernel's alone
+            strace_decoder = StraceDecoder(state.collector, os.fsencode(state.start_cwd))
+            state.spool = follow_trace(stream_fd, tracer, strace_decoder, state.recorder, tick)
+            tracer.wait()
+            state.trace_lost = tracer.lost_output()
+            if fast is not None:
+                fast.follow(lambda: launcher.poll() is None, state.recorder.drain, tick, strace_decoder.cwds())
         rc = launcher.wait()
     finally:
         for t in target.timers:
             t.cancel()
-        if exercises is not None:
-            exercises.stop()
+        if state.exercises is not None:
+            state.exercises.stop()
         if forwarder is not None:
             forwarder.close()
         for fd in (trace_r, gate_w):
@@ -495,66 +551,106 @@ def run_session(opts: RunOptions, status=lambda msg: None) -> RunResult:
         if tracer is not None and tracer.poll() is None:
             tracer.kill()
             tracer.wait()
-        if recorder is not None:
-            recorder.stop()
-        if notify is not None:
-            notify.close()
+        if fast is not None:
+            fast.finish()  # bpftrace ends here, whatever happened
+        if state.recorder is not None:
+            state.recorder.stop()
+        if state.notify is not None:
+            state.notify.close()
         if launcher is not None and not gate_opened:
             launcher.wait()  # it saw the closed gate and exits without starting the target
-        never_traced = untraced_members(target.cgroup, collector)
+        never_traced = untraced_members(target.cgroup, state.collector)
         if target.cgroup is not None:
             target.cgroup.remove()
-    ended = time.time()
+    profile = session_profile(state, time.time(), rc, never_traced)
+    if fast is not None:
+        fast.annotate(profile)
+    return RunResult(profile, _target_exit(rc)[0], state.notes)
 
-    exit_code, exit_signal = _target_exit(rc)
-    incomplete = []
+
+def follow_trace(trace_r: int, tracer: subprocess.Popen, decoder: StraceDecoder, recorder: CapabilityRecorder,
+                 tick=None) -> dict:
+    """Fold strace's lines from the spool TRACE_R (closed here) into the facts until TRACER has
+    exited (once every traced process is gone, or it detached) and every line is read; TICK is
+    called between batches and while waiting. Returns the spool's figures."""
+    follower = SpoolFollower(trace_r, tracer.pid)
+    feed_line, drain = decoder.feed_line, recorder.drain
+    try:
+        for batch in follower.batches():
+            for lines, line in enumerate(batch, 1):
+                feed_line(line)
+                if not lines & 0x1F:
+                    drain()  # often: a check must meet its syscall within the per-pid window
+            drain()
+            if tick is not None:
+                tick()
+    finally:
+        follower.close()
+    return follower.stats.as_dict()
+
+
+def session_profile(state: SessionState, ended: float, rc: int | None, never_traced: list[int]) -> dict:
+    """The profile of a `run` session from its state, once the target has ended with RC (None: it
+    still runs, a checkpoint)."""
+    opts, collector, notify = state.opts, state.collector, state.notify
+    exit_code, exit_signal = _target_exit(rc) if rc is not None else (None, None)
+    incomplete = [state.trace_lost] if state.trace_lost else []
     if never_traced:
         incomplete.append(f"{len(never_traced)} process(es) of the target were never traced (started with "
                           "CLONE_UNTRACED, or lost by the tracer): their syscalls and files are missing")
-    profile = {
-        "schema": SCHEMA,
-        "host": host_stamp(),
-        "run": {
-            # stored like paths: exact bytes, "b64:" when an argument is not UTF-8
-            "command": [encode_path(os.fsencode(arg)) for arg in opts.command],
-            "executable": encode_path(os.fsencode(exe)),
-            "cwd": start_cwd,
-            "user": _user_label(spec),
-            "caps_at_start": _caps_label(spec),
-            # --env values as given, encoded like paths ("b64:" when not UTF-8)
-            "environment": {name: encode_path(os.fsencode(value)) for name, value in opts.env.items()},
-            "started": round(started, 6),
-            "ended": round(ended, 6),
-            "duration": round(ended - started, 3),
-            "exit_status": exit_code,
-            "exit_signal": exit_signal,
-            "ended_by": target.ended_by or "exit",
-            "requested_duration": opts.duration,  # None: the target was to run until it exits
-            "tracer": {"backend": "strace", "flags": STRACE_FLAGS},
-            # capprobe's stand-in for /run/systemd/notify: not a place the service shares
-            "notify_socket": notify.address,
-            "notifications": notify.received,
-            "main_pid": launcher.pid,  # $MAINPID: the target's own process (the launcher exec'd it)
-            # reload/log-reopen signals (SIGHUP, SIGUSR1, SIGUSR2) the target's processes received
-            "signals_received": [{"pid": s.pid, "signal": s.signal, "from_pid": s.sender,
-                                  "at": round(s.ts - started, 3)} for s in collector.signals_received],
-            "exercises": exercise_records(exercises.records if exercises else [], collector.signals_received,
-                                          collector.traced_pids() | {os.getpid()}),
-            "capprobe": __version__,
-        },
-        **collector.sections(),
+    run = {
+        # stored like paths: exact bytes, "b64:" when an argument is not UTF-8
+        "command": [encode_path(os.fsencode(arg)) for arg in opts.command],
+        "executable": encode_path(os.fsencode(state.exe)),
+        "cwd": state.start_cwd,
+        "user": _user_label(state.spec),
+        "caps_at_start": _caps_label(state.spec),
+        # --env values as given, encoded like paths ("b64:" when not UTF-8)
+        "environment": {name: encode_path(os.fsencode(value)) for name, value in opts.env.items()},
+        "started": round(state.started, 6),
+        "ended": round(ended, 6),
+        "duration": round(ended - state.started, 3),
+        "exit_status": exit_code,
+        "exit_signal": exit_signal,
+        "ended_by": state.target.ended_by or ("exit" if rc is not None else "still running"),
+        "requested_duration": opts.duration,  # None: the target was to run until it exits
+        "tracer": {"backend": "strace", "flags": STRACE_FLAGS, **({"spool": state.spool} if state.spool else {})},
+        # capprobe's stand-in for /run/systemd/notify: not a place the service shares
+        "notify_socket": notify.address,
+        "notifications": notify.received,
+        "main_pid": state.main_pid,
+        # reload/log-reopen signals (SIGHUP, SIGUSR1, SIGUSR2) the target's processes received
+        "signals_received": signals_received(collector, state.started),
+        "exercises": exercise_records(state.exercises.records if state.exercises else [],
+                                      collector.signals_received, collector.traced_pids() | {os.getpid()}),
+        "capprobe": __version__,
     }
     if notify.dropped or notify.rejected:
-        profile["run"]["notifications_not_recorded"] = {"past_limit": notify.dropped,
-                                                        "from_outside_the_target": notify.rejected}
+        run["notifications_not_recorded"] = {"past_limit": notify.dropped,
+                                             "from_outside_the_target": notify.rejected}
+    return profile_from_facts(run, collector, state.recorder, incomplete, state.notes)
+
+
+def signals_received(collector: FactCollector, started: float) -> list[dict]:
+    """run.signals_received: the reload/log-reopen signals the target's processes received."""
+    return [{"pid": s.pid, "signal": s.signal, "from_pid": s.sender, "at": round(s.ts - started, 3)}
+            for s in collector.signals_received]
+
+
+def profile_from_facts(run: dict, collector: FactCollector, recorder: CapabilityRecorder,
+                       incomplete: list[str], notes: list[str]) -> dict:
+    """The profile around RUN (how the target was watched): the collector's facts, the executables
+    and file modes as they are now, the capabilities (this stops the kernel probe), completeness.
+    Lines for the operator go to NOTES."""
+    profile = {"schema": SCHEMA, "host": host_stamp(), "run": run, **collector.sections()}
     profile["executables"] = describe_executables(profile["processes"])
     notes += privileged_exec_notes(profile["executables"])
     record_file_modes(profile)
     profile["capabilities"] = recorder.section(profile)
-    incomplete += recorder.incomplete_reasons()
+    incomplete = [*incomplete, *recorder.incomplete_reasons()]
     profile["complete"] = not incomplete
     profile["incomplete"] = incomplete
-    return RunResult(profile, exit_code, notes)
+    return profile
 
 
 def untraced_members(cgroup: TargetCgroup | None, collector: FactCollector | None) -> list[int]:
@@ -607,8 +703,11 @@ def _caps_label(spec: dict | None) -> dict:
     if spec is None:
         return {"set": "inherited from capprobe (all, if run as root)"}
     if spec["caps"] == "none":
-        return {"set": "none", "bounding": [], "ambient": []}
-    label = {"set": "all", "ambient": "all in the bounding set" if spec.get("uid") is not None else []}
-    if spec.get("drop"):
-        label["dropped"] = [cap_name(c) for c in spec["drop"]]
+        label = {"set": "none", "bounding": [], "ambient": []}
+    else:
+        label = {"set": "all", "ambient": "all in the bounding set" if spec.get("uid") is not None else []}
+        if spec.get("drop"):
+            label["dropped"] = [cap_name(c) for c in spec["drop"]]
+    if spec.get("no_new_privileges"):
+        label["no_new_privileges"] = True  # an execve gained no privilege (setuid, file capabilities)
     return label
