@@ -568,10 +568,10 @@ class KernelDecoder:
             base = self._cwd.get(call.tgid, CWD_UNSEEN)
             if isinstance(base, str):
                 return base
-        # the target's /proc/self, not capprobe's
-        raw = re.sub(rb"^/+proc/+(self|thread-self)(?=/|$)",
-                     lambda m: b"/proc/%d" % call.tgid + (b"/task/%d" % call.tid if m.group(1) == b"thread-self" else b""),
-                     raw)
+        # the target's /proc/self (and /proc's own links into it), not capprobe's
+        own = {b"self": b"", b"thread-self": b"/task/%d" % call.tid, b"net": b"/net", b"mounts": b"/mounts"}
+        raw = re.sub(rb"^/+proc/+(self|thread-self|net|mounts)(?=/|$)",
+                     lambda m: b"/proc/%d" % call.tgid + own[m.group(1)], raw)
         path = lexical_path(base, raw)
         return DOT_DOT if path is None else path
 
