@@ -311,3 +311,21 @@ def test_a_killed_capprobe_leaves_the_target_running_and_untraced(workdir, runni
     assert target.poll() is None
     assert not [p for p in psutil.process_iter(["name", "cmdline"])
                 if p.info["name"] == "strace" and str(target.pid) in (p.info["cmdline"] or [])]
+
+
+def test_a_tracer_stuck_detaching_is_killed_after_the_grace_and_says_so():
+    """strace 6.1 can hang detaching from a vfork()ed task; attach and fast mode's switch both
+    rely on detach() killing it (the kernel then lets go of the tasks) and reporting it."""
+    from capprobe.tracing.strace import StraceProcess
+    ignores_sigint = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); print(flush=True); time.sleep(60)"
+    stuck = StraceProcess([sys.executable, "-c", ignores_sigint], "/dev/fd/9", stdout=subprocess.PIPE)
+    stuck.stdout.readline()  # SIGINT is ignored from here on
+    stuck.detach(grace=0.3)
+    assert stuck.wait(timeout=10) == -signal.SIGKILL
+    assert "did not detach within" in stuck.stuck_detaching()
+    stuck.stdout.close()
+    polite = StraceProcess([sys.executable, "-c", "import time; time.sleep(60)"], "/dev/fd/9")
+    time.sleep(0.5)
+    polite.detach(grace=0.3)
+    polite.wait(timeout=10)
+    assert polite.stuck_detaching() is None

@@ -45,6 +45,7 @@ from .session import (
 )
 from .status import StatusLine, session_progress
 from .tracing.strace import (
+    DETACH_GRACE,
     STRACE_FLAGS,
     AttachError,
     SpoolError,
@@ -389,10 +390,6 @@ def arm_late_tasks(recorder: CapabilityRecorder, root: psutil.Process, armed: se
     return current
 
 
-# strace 6.1 now and then never finishes detaching from a process stopped in vfork() whose child
-# it holds in a ptrace stop (1 in 10 plain `strace -f -p` + SIGINT here): the tree would stay
-# stopped, and capprobe wait, for ever. Past this grace strace is killed.
-DETACH_GRACE = 5.0
 UNTRACED_EVERY = 0.1  # seconds between two looks at the tree for tasks strace does not follow
 
 
@@ -479,26 +476,12 @@ def attach_session(opts: AttachOptions, status=lambda msg: None) -> RunResult:
     forwarder = recorder = tracer = None
     trace_r = -1
     timers: list[threading.Timer] = []
-    grace: threading.Timer | None = None  # started with the first detach
-    stuck: list[str] = []
 
     def detach(reason: str) -> None:
-        nonlocal grace
         if not ended_by:
             ended_by.append(reason)
-        if tracer is not None and tracer.poll() is None:
-            tracer.send_signal(signal.SIGINT)  # strace detaches from every task and exits
-            if grace is None:
-                grace = threading.Timer(DETACH_GRACE, kill_a_stuck_tracer)
-                grace.daemon = True
-                timers.append(grace)
-                grace.start()
-
-    def kill_a_stuck_tracer() -> None:
-        if tracer.poll() is None:  # the kernel lets go of every task of a tracer that dies
-            stuck.append(f"strace did not detach within {DETACH_GRACE:g} s and was killed (the tree runs on); "
-                         "its last lines may be missing")
-            tracer.kill()
+        if tracer is not None:
+            tracer.detach()  # strace lets go of every task and exits (killed if it gets stuck)
 
     try:
         forwarder = SignalForwarder(lambda signum, _: detach(signal.Signals(signum).name))
@@ -557,7 +540,9 @@ def attach_session(opts: AttachOptions, status=lambda msg: None) -> RunResult:
         with live:
             spool = follow_trace(stream_fd, tracer, decoder, recorder, tick)
         tracer.wait()
-        incomplete += watch.reason() + stuck
+        incomplete += watch.reason()
+        if stuck := tracer.stuck_detaching():
+            incomplete.append(stuck)
         if lost := tracer.lost_output():
             incomplete.append(lost)
     finally:

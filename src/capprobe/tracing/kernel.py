@@ -470,7 +470,7 @@ class FastMode:
         self.switched_at = self._decoder.wall(switch_ns)
         self.switch_reason = reason
         self._tracer = tracer
-        tracer.send_signal(signal.SIGINT)  # strace detaches from every process and exits
+        tracer.detach()  # strace lets go of every process and exits (killed if it gets stuck)
         self.status(f"fast mode: switched to the kernel side after {time.monotonic() - self.started:.1f} s ({reason})")
 
     # -- phase 2: the kernel side ------------------------------------------------------------
@@ -579,6 +579,8 @@ class FastMode:
             total = sum(self._decoder.unresolved.values())
             reasons.append(f"the kernel side could not name {total} fact(s) it saw after the switch (see "
                            "run.tracer.unresolved); --full names them")
+        if self._tracer is not None and (stuck := self._tracer.stuck_detaching()):
+            reasons.append(stuck)
         return reasons
 
 

@@ -152,6 +152,13 @@ def _detachable() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, ())  # not capprobe's blocked signals: SIGINT must reach it
 
 
+# strace 6.1 now and then never finishes detaching from a process stopped in vfork() whose
+# child it holds in a ptrace stop (1 in 10 plain `strace -f -p` + SIGINT here): the target
+# would stay stopped, and capprobe wait, for ever. Past this grace strace is killed: the
+# kernel lets go of every task of a tracer that dies.
+DETACH_GRACE = 5.0
+
+
 class StraceProcess(subprocess.Popen):
     """strace, its diagnostics read by a thread of capprobe's: a failed write of the trace (a
     full disk under the spool) is counted as lost output, not scrolled past on the terminal
@@ -162,8 +169,34 @@ class StraceProcess(subprocess.Popen):
         self._output_marker = f": {output}: ".encode()  # after strace's argv[0]: "/usr/bin/strace: /dev/fd/5: ..."
         self.failed_writes = 0
         self.write_error: str | None = None
+        self.killed_detaching = False
+        self._grace: threading.Timer | None = None
         self._reader = threading.Thread(target=self._read_diagnostics, name="capprobe-strace-stderr", daemon=True)
         self._reader.start()
+
+    def detach(self, grace: float = DETACH_GRACE) -> None:
+        """Ask strace to let go of every task and exit (SIGINT); kill it if it has not after GRACE s."""
+        if self.poll() is not None:
+            return
+        self.send_signal(signal.SIGINT)
+        if self._grace is None:
+            self._grace = threading.Timer(grace, self._kill_if_stuck)
+            self._grace.daemon = True
+            self._grace.start()
+
+    def _kill_if_stuck(self) -> None:
+        if self.poll() is None:
+            self.killed_detaching = True
+            self.kill()
+
+    def stuck_detaching(self) -> str | None:
+        """Once strace has exited: why its last lines may be missing, or None."""
+        if self._grace is not None:
+            self._grace.cancel()
+        if not self.killed_detaching:
+            return None
+        return (f"strace did not detach within {DETACH_GRACE:g} s and was killed (the processes run on); "
+                "its last lines may be missing")
 
     def _read_diagnostics(self) -> None:
         with self.stderr:
