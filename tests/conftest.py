@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib as _contextlib
 import json
 import os
 import shutil
@@ -35,11 +36,9 @@ def file_entry(profile: dict, path: str) -> dict | None:
     return next((f for f in profile["files"] if f["path"] == path), None)
 
 
-@pytest.fixture
-def netns():
-    """A network namespace of the test's own, removed afterwards whatever happens."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("needs root and iproute2 to create a network namespace")
+@_contextlib.contextmanager
+def fresh_netns():
+    """A network namespace of its own, loopback up, removed afterwards whatever happens."""
     name = f"capprobe-test-{os.getpid()}-{next(_netns_counter)}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
@@ -47,6 +46,15 @@ def netns():
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.fixture
+def netns():
+    """A network namespace of the test's own."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 to create a network namespace")
+    with fresh_netns() as name:
+        yield name
 
 
 def capprobe_in_netns(ns: str, *args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:

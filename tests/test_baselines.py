@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -21,7 +20,7 @@ from capprobe.model import BehaviourRow, BindRow, Profile
 from capprobe.needs import needs_of
 from capprobe.profile import load_profile, shape_problem
 
-from conftest import RECORDED, SYSTEM_PYTHON, WORKLOADS, capprobe, needs_root, needs_strace
+from conftest import RECORDED, SYSTEM_PYTHON, WORKLOADS, capprobe, fresh_netns, needs_root, needs_strace
 
 
 @pytest.fixture
@@ -33,22 +32,6 @@ def srv_root():
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def fresh_netns():
-    """A network namespace of its own per run: the arctic-like agent adds an ip rule, which a
-    second run in the same namespace would find already there (EEXIST)."""
-    name = f"capprobe-bl-{os.getpid()}-{next(_counter)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
-
-
-_counter = iter(range(10**6))
 
 
 def digest(path: Path) -> str:
